@@ -1,0 +1,49 @@
+# The user's commands: `make test` and `make demo`. Everything installs itself on first use and
+# nothing is reinstalled on a second run (stamp files in .venv).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp-installed
+TORCH_SPEC ?= torch==2.13.0
+QGIS_PY := /usr/bin/python3
+
+.PHONY: help venv test test-backend test-plugin qgis clean
+
+help:
+	@echo "make test   - set up .venv (and QGIS for plugin tests) and run the whole suite"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e '.[test,onnx,train]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# QGIS (Debian packages) for the plugin tests; installed when missing and we are root.
+qgis:
+	@if [ -x /usr/bin/qgis_process.bin ] && $(QGIS_PY) -c 'import qgis.core, pytest' 2>/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "Installing QGIS from Debian packages (a few minutes, once)..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qgis python3-qgis python3-pytest xvfb >/dev/null; \
+	else \
+		echo "QGIS is missing: run 'sudo apt-get install -y qgis python3-qgis python3-pytest xvfb' for the plugin tests."; \
+	fi
+
+test: test-backend test-plugin
+
+test-backend: $(STAMP)
+	$(PY) -m pytest tests --ignore=tests/plugin -q
+
+test-plugin: qgis $(STAMP)
+	@if [ ! -d tests/plugin ]; then echo "no plugin tests yet"; \
+	elif $(QGIS_PY) -c 'import qgis.core, pytest' 2>/dev/null; then \
+		QT_QPA_PLATFORM=offscreen $(QGIS_PY) -m pytest tests/plugin -q -p no:cacheprovider; \
+	else echo "QGIS not available: plugin tests not run"; exit 1; fi
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info demo_out test-artifacts

@@ -1,0 +1,120 @@
+"""The ``saig`` command line: parses arguments and calls library functions, nothing more.
+
+Commands are grouped in modules, each exposing ``register(subparsers)``; every command function
+takes ``(args, reporter)`` and returns an exit code. Heavy imports happen inside the commands so
+``saig --help`` is instant. The geospatial commands live in :mod:`tiling.cli`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import traceback
+from typing import Sequence
+
+from .errors import SaigError
+from .progress import MODES, Reporter
+from .version import __version__
+
+COMMAND_MODULES = (
+    "saig_core.cli",
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="print a checkpoint's config, parameter count and fingerprint")
+    p.add_argument("checkpoint", help="project, authors' or ImageNet checkpoint file")
+    add_size_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert-official", help="convert an authors' checkpoint to the project format")
+    p.add_argument("src", help="the authors' model_checkpoint.pth (or an ImageNet backbone file)")
+    p.add_argument("dst", help="output .pt in the project format")
+    add_size_args(p)
+    p.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
+    p.set_defaults(func=cmd_convert_official)
+
+
+def add_size_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ground-size", type=_size, default=None, metavar="HxW",
+                   help="ground image size (default: as recorded, or 128x512)")
+    p.add_argument("--aerial-size", type=_size, default=None, metavar="HxW",
+                   help="aerial image size (default: as recorded, or 256x256)")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 128x512, got {text!r}") from None
+    return (h, w)
+
+
+def cmd_info(args: argparse.Namespace, reporter: Reporter) -> int:
+    from .checkpoint import checkpoint_info
+
+    info = checkpoint_info(args.checkpoint, ground_size=args.ground_size, aerial_size=args.aerial_size)
+    if args.json or reporter.json:
+        reporter.emit("result", **info)
+        return 0
+    cfg = info["config"]
+    bb = cfg["backbone"]
+    print(f"checkpoint   {info['path']} ({info['kind']})")
+    print(f"model        {cfg['preset']}: depth {bb['depth']}, dim {bb['dim']}, heads {bb['heads']}, "
+          f"stem {bb['stem_channels']}, pool {cfg['pool']}")
+    print(f"inputs       ground {cfg['ground_size'][0]}x{cfg['ground_size'][1]}, "
+          f"aerial {cfg['aerial_size'][0]}x{cfg['aerial_size'][1]}")
+    print(f"descriptor   {info['descriptor_dim']}-d")
+    print(f"parameters   {info['parameters']:,}")
+    print(f"fingerprint  {info['fingerprint']}")
+    for k, v in info["metadata"].items():
+        if k != "weights_sha256":
+            print(f"  {k}: {json.dumps(v) if not isinstance(v, str) else v}")
+    return 0
+
+
+def cmd_convert_official(args: argparse.Namespace, reporter: Reporter) -> int:
+    from .checkpoint import convert_official, checkpoint_info
+
+    out = convert_official(args.src, args.dst, ground_size=args.ground_size, aerial_size=args.aerial_size,
+                           half=args.half)
+    info = checkpoint_info(out)
+    reporter.log(f"wrote {out}: {info['config']['preset']} {info['config']['pool']}, "
+                 f"{info['parameters']:,} parameters, fingerprint {info['fingerprint'][:16]}")
+    if reporter.json:
+        reporter.emit("result", path=str(out), fingerprint=info["fingerprint"])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saig", description="SAIG cross-view geo-localisation: where was this photo taken?")
+    parser.add_argument("--version", action="version", version=f"saig {__version__}")
+    parser.add_argument("--progress", choices=MODES, default="auto",
+                        help="progress display: a bar on stderr, JSON lines on stdout (for programs), or none "
+                             "(default auto: a bar when stderr is a terminal)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    reporter = Reporter(args.progress)
+    try:
+        return int(args.func(args, reporter) or 0)
+    except KeyboardInterrupt:
+        reporter.error("interrupted")
+        return 130
+    except (SaigError, OSError, ValueError) as e:
+        if args.debug:
+            traceback.print_exc()
+        reporter.error(str(e), kind=type(e).__name__, file=getattr(e, "filename", None))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Turning images into model input: RGB, resized, float, normalised with mean = std = 0.5.
+
+Conversions (documented, never silent failures): grey images are repeated to RGB; RGBA / LA images
+are composited over black with their alpha; 16-bit images are scaled by their dtype range; palette
+images are expanded.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+MEAN = 0.5
+STD = 0.5
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB (alpha composited over black)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(image, dtype=np.float64)
+        hi = 65535.0 if arr.max() > 255 else 255.0
+        arr = np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def image_to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """A PIL image as a (3, H, W) float tensor for a branch expecting ``size`` = (H, W)."""
+    h, w = size
+    image = to_rgb(image)
+    if image.size != (w, h):
+        image = image.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None)
+    return array_to_tensor(np.asarray(image))
+
+
+def array_to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> normalised (3, H, W) float32."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
+    return t.div_(255.0).sub_(MEAN).div_(STD)
+
+
+def tensor_to_uint8(t: torch.Tensor) -> np.ndarray:
+    """Inverse of :func:`array_to_tensor`, for previews: (3, H, W) -> (H, W, 3) uint8."""
+    arr = (t.detach().cpu().float() * STD + MEAN).clamp(0, 1).mul(255).round().byte()
+    return arr.permute(1, 2, 0).numpy()
