@@ -16,11 +16,11 @@ import hashlib
 import os
 import pickle
 import re
-import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from .backbone import resize_pos_embed
@@ -36,6 +36,7 @@ DEFAULT_AERIAL_SIZE = (256, 256)
 PUBLISHED_STEM = BACKBONE_PRESETS["saig_s"]
 _HEAD_DIM = 32  # published SAIG: 12 heads of dim 32 at dim 384
 _BRANCHES = {"model_grd": "ground", "model_sat": "aerial"}
+_BRANCH_PREFIX = {"ground": "model_grd.", "aerial": "model_sat."}
 
 
 class CheckpointError(SaigError, ValueError):
@@ -130,44 +131,81 @@ def _check_plain(value: Any, where: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # reading
 
+# numpy scalars (e.g. an authors' ``best_acc``) are rebuilt from plain data, never by running code.
+_SAFE_GLOBALS = [
+    np._core.multiarray.scalar,
+    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+    np.dtype,
+]
+# Token grids of the published training sizes, to tell which grid an authors' pos_embed has when
+# the requested size has another token count: CVUSA/CVACT 128x512 / 256x256, VIGOR 320x640 / 320x320.
+_PUBLISHED_GRIDS = {"ground": {256: (8, 32), 800: (20, 40)}, "aerial": {256: (16, 16), 400: (20, 20)}}
+
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint file safely (``weights_only=True``) and return the raw object."""
+    """Load a checkpoint file safely (``weights_only=True``) and return the raw dict."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        raw = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            raw = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        needs = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" ({needs.group(1)})" if needs else ""
         raise CheckpointError(
-            f"{path}: refused: the file needs pickled Python code to load, and checkpoints are only "
-            f"ever read with weights_only=True ({str(e).splitlines()[0]})"
+            f"{path}: refused: loading it would run pickled Python code{what}, and checkpoints are only "
+            "read with torch.load(weights_only=True). If you trust the file, re-save just its tensors, "
+            "e.g. torch.save({'model': model.state_dict()}, 'plain.pth')"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, ... for damaged files
+        reason = str(e).split(". ")[0] or type(e).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {reason}") from None
     if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(raw).__name__}")
+        raise CheckpointError(f"{path}: expected a dict checkpoint, found a {type(raw).__name__}")
     return raw
 
 
+def _state_candidates(raw: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Where a state dict may sit: under 'model', under 'state_dict', or the file itself."""
+    return [v for v in (raw.get("model"), raw.get("state_dict")) if isinstance(v, Mapping)] + [raw]
+
+
+def _is_official(keys) -> bool:
+    return any(k.startswith(("model_grd.", "model_sat.")) for k in keys)
+
+
+def _is_backbone(keys) -> bool:
+    return "pos_embed" in keys and any(k.startswith("patch_embed.conv_stem.") for k in keys)
+
+
 def checkpoint_kind(raw: Mapping[str, Any]) -> str:
-    """'project', 'official' (the authors' training checkpoint) or 'imagenet' (a backbone file)."""
+    """'project', 'official' (the authors' training checkpoint), 'imagenet' (a backbone file) or 'unknown'."""
     if raw.get("format") == FORMAT:
         return "project"
-    if isinstance(raw.get("model"), Mapping):
-        keys = _strip_module(raw["model"]).keys()
-        if any(k.startswith(("model_grd.", "model_sat.")) for k in keys):
+    for state in _state_candidates(raw):
+        keys = _strip_module(state).keys()
+        if _is_official(keys):
             return "official"
-    if isinstance(raw.get("state_dict"), Mapping):
-        keys = _strip_module(raw["state_dict"]).keys()
-        if "pos_embed" in keys and any(k.startswith("patch_embed.conv_stem.") for k in keys):
+        if _is_backbone(keys):
             return "imagenet"
     return "unknown"
 
 
+def _find_state(raw: Mapping[str, Any], test, path: Path) -> dict[str, torch.Tensor]:
+    for state in _state_candidates(raw):
+        state = _strip_module(state)
+        if test(state.keys()):
+            bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+            if bad:
+                raise CheckpointError(f"{path}: state dict entries are not tensors: {', '.join(map(str, bad[:8]))}")
+            return state
+    raise CheckpointError(f"{path}: no state dict found")  # unreachable after checkpoint_kind
+
+
 def _strip_module(state: Mapping[str, Any]) -> dict[str, Any]:
     """Drop a DataParallel/DDP ``module.`` prefix."""
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+    return {(k[7:] if isinstance(k, str) and k.startswith("module.") else k): v for k, v in state.items()}
 
 
 def _infer_backbone(state: Mapping[str, torch.Tensor], prefix: str, path: Path) -> BackboneConfig:
@@ -179,6 +217,8 @@ def _infer_backbone(state: Mapping[str, torch.Tensor], prefix: str, path: Path) 
     depth = 1 + max(
         (int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"blocks\.(\d+)\.", k))), default=-1
     )
+    if depth < 1:
+        raise CheckpointError(f"{path}: no {prefix}blocks.* keys; not a SAIG backbone")
     convs = sorted(
         int(m.group(1))
         for k in state
@@ -190,7 +230,9 @@ def _infer_backbone(state: Mapping[str, torch.Tensor], prefix: str, path: Path) 
             f"{path}: stem widths {channels} differ from the published stem {PUBLISHED_STEM.stem_channels}; "
             "stem strides cannot be inferred from weights (save such models in the project format)"
         )
-    return BackboneConfig(depth=depth, dim=dim, heads=max(1, dim // _HEAD_DIM), stem_channels=channels,
+    if dim % _HEAD_DIM:
+        raise CheckpointError(f"{path}: width {dim} is not a multiple of the published head dim {_HEAD_DIM}")
+    return BackboneConfig(depth=depth, dim=dim, heads=dim // _HEAD_DIM, stem_channels=channels,
                           stem_strides=PUBLISHED_STEM.stem_strides)
 
 
@@ -198,16 +240,22 @@ def _preset_name(backbone: BackboneConfig) -> str:
     return next((name for name, cfg in BACKBONE_PRESETS.items() if cfg == backbone), "custom")
 
 
-def _grid_of(num_tokens: int, requested: tuple[int, int], path: Path, what: str) -> tuple[int, int]:
-    """The grid a checkpoint's pos_embed was trained at: the requested grid if N matches, else square."""
+def _trained_grid(num_tokens: int, requested: tuple[int, int], branch: str, path: Path) -> tuple[int, int]:
+    """The grid an authors' or ImageNet pos_embed was trained at.
+
+    The requested grid when its token count matches, else a published training grid of that
+    branch with this token count, else a square grid.
+    """
     if requested[0] * requested[1] == num_tokens:
         return requested
+    if num_tokens in _PUBLISHED_GRIDS.get(branch, {}):
+        return _PUBLISHED_GRIDS[branch][num_tokens]
     side = int(round(num_tokens**0.5))
     if side * side == num_tokens:
         return (side, side)
     raise CheckpointError(
-        f"{path}: the {what} pos_embed has {num_tokens} tokens, which is neither the requested "
-        f"{requested[0]}x{requested[1]} grid nor square; pass the image size it was trained at"
+        f"{path}: the {branch} pos_embed has {num_tokens} tokens, which is neither the requested "
+        f"{requested[0]}x{requested[1]} grid nor a known training grid; pass the image size it was trained at"
     )
 
 
@@ -227,17 +275,28 @@ def load_checkpoint(
     backbones, whose heads are new.
     """
     path = Path(path)
-    raw = read_checkpoint(path, map_location="cpu")
+    return _model_from_raw(read_checkpoint(path), path, ground_size, aerial_size, pool).to(map_location)
+
+
+def _model_from_raw(raw: dict, path: Path, ground_size, aerial_size, pool) -> SAIGModel:
     kind = checkpoint_kind(raw)
     if kind == "project":
         if raw.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{path}: project format version {raw.get('format_version')} is not supported")
-        trained = ModelConfig.from_dict(raw["config"])
+        if not isinstance(raw.get("config"), Mapping) or not isinstance(raw.get("state_dict"), Mapping):
+            raise CheckpointError(f"{path}: project checkpoint without 'config' or 'state_dict'")
+        try:
+            trained = ModelConfig.from_dict(raw["config"])
+        except (TypeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: invalid model config in the checkpoint: {e}") from None
         state = dict(raw["state_dict"])
+        recorded = (raw.get("metadata") or {}).get("weights_sha256")
+        if recorded and weights_fingerprint(state) != recorded:
+            raise CheckpointError(f"{path}: the weights do not match their recorded sha256 (file corrupted or edited)")
         trained_grids = {"ground": trained.ground_grid, "aerial": trained.aerial_grid}
         cfg = trained.with_sizes(ground_size, aerial_size)
     elif kind == "official":
-        state = _official_to_project(_strip_module(raw["model"]))
+        state = _official_to_project(_find_state(raw, _is_official, path))
         backbone = _infer_backbone(state, "ground.backbone.", path)
         cfg = ModelConfig(
             backbone=backbone,
@@ -246,12 +305,13 @@ def load_checkpoint(
             aerial_size=aerial_size or DEFAULT_AERIAL_SIZE,
             preset=_preset_name(backbone),
         )
-        trained_grids = {
-            b: _grid_of(state[f"{b}.backbone.pos_embed"].shape[1], grid, path, b)
-            for b, grid in (("ground", cfg.ground_grid), ("aerial", cfg.aerial_grid))
-        }
+        trained_grids = {}
+        for b, grid in (("ground", cfg.ground_grid), ("aerial", cfg.aerial_grid)):
+            if f"{b}.backbone.pos_embed" not in state:
+                raise CheckpointError(f"{path}: missing keys: {_BRANCH_PREFIX[b]}backbone.pos_embed")
+            trained_grids[b] = _trained_grid(state[f"{b}.backbone.pos_embed"].shape[1], grid, b, path)
     elif kind == "imagenet":
-        backbone_state = {k: v for k, v in _strip_module(raw["state_dict"]).items() if not k.startswith("head.")}
+        backbone_state = {k: v for k, v in _find_state(raw, _is_backbone, path).items() if not k.startswith("head.")}
         backbone = _infer_backbone(backbone_state, "", path)
         cfg = ModelConfig(
             backbone=backbone,
@@ -264,7 +324,7 @@ def load_checkpoint(
         state, trained_grids = {}, {}
         for b in ("ground", "aerial"):
             state.update({f"{b}.backbone.{k}": v for k, v in backbone_state.items()})
-            trained_grids[b] = _grid_of(n, (0, 0), path, "ImageNet")
+            trained_grids[b] = _trained_grid(n, (0, 0), "imagenet", path)
     else:
         raise CheckpointError(
             f"{path}: not a SAIG checkpoint (expected the project format, the authors' {{'model': ...}} "
@@ -281,9 +341,9 @@ def load_checkpoint(
                     f"token grid and cannot run at {grid[0]}x{grid[1]}; use the training image size"
                 )
             key = f"{b}.backbone.pos_embed"
-            state[key] = resize_pos_embed(state[key].float(), trained_grids[b], grid)
-    _load_strict(model, state, path, allow_missing_heads=(kind == "imagenet"))
-    model.to(map_location)
+            if key in state:
+                state[key] = resize_pos_embed(state[key].float(), trained_grids[b], grid)
+    _load_strict(model, state, path, allow_missing_heads=(kind == "imagenet"), kind=kind)
     return model.eval()
 
 
@@ -300,18 +360,34 @@ def _official_to_project(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def _load_strict(model: SAIGModel, state: dict[str, torch.Tensor], path: Path, allow_missing_heads: bool) -> None:
+def _file_key(key: str, kind: str) -> str:
+    """A model key as the file names it, so errors speak the file's language."""
+    branch, _, rest = key.partition(".")
+    if kind == "official" and branch in _BRANCH_PREFIX:
+        return _BRANCH_PREFIX[branch] + (rest[5:] if rest.startswith("head.") else rest)
+    if kind == "imagenet" and rest.startswith("backbone."):
+        return rest[9:]
+    return key
+
+
+def _load_strict(model: SAIGModel, state: dict[str, torch.Tensor], path: Path, allow_missing_heads: bool,
+                 kind: str) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not (allow_missing_heads and ".head." in k)]
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]  # absent in older files
     unexpected = [k for k in state if k not in expected]
     shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        f"{_file_key(k, kind)}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
         for k in state
         if k in expected and state[k].shape != expected[k].shape
     ]
     problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", shapes)):
+    for label, items in (
+        ("missing keys", [_file_key(k, kind) for k in missing]),
+        ("unexpected keys", [_file_key(k, kind) for k in unexpected]),
+        ("mis-shaped keys", shapes),
+    ):
+        items = list(dict.fromkeys(items))  # an ImageNet key feeds both branches: name it once
         if items:
             more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
             problems.append(f"{label}: {', '.join(items[:8])}{more}")
@@ -333,14 +409,30 @@ def convert_official(src: str | os.PathLike, dst: str | os.PathLike, **kwargs: A
 
 def checkpoint_info(path: str | os.PathLike, **load_kwargs: Any) -> dict[str, Any]:
     """What a checkpoint holds: kind, config, parameter count, fingerprint, metadata."""
+    path = Path(path)
     raw = read_checkpoint(path)
-    model = load_checkpoint(path, **load_kwargs)
+    model = _model_from_raw(raw, path, load_kwargs.get("ground_size"), load_kwargs.get("aerial_size"),
+                            load_kwargs.get("pool"))
+    kind = checkpoint_kind(raw)
+    if kind == "project":
+        metadata = dict(raw.get("metadata") or {})
+    else:  # the authors' training bookkeeping, when it is plain
+        metadata = {k: _plain(raw[k]) for k in ("epoch", "best_acc") if k in raw and _plain(raw[k]) is not None}
     return {
         "path": str(path),
-        "kind": checkpoint_kind(raw),
+        "kind": kind,
         "config": model.cfg.to_dict(),
         "descriptor_dim": model.descriptor_dim,
         "parameters": count_parameters(model),
         "fingerprint": model_fingerprint(model),
-        "metadata": raw.get("metadata", {}),
+        "metadata": metadata,
     }
+
+
+def _plain(value: Any) -> int | float | str | None:
+    """A JSON-able scalar from an int/float/str, a numpy scalar or a one-element tensor; else None."""
+    if isinstance(value, (int, float, str)):
+        return value
+    if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+        return value.item()
+    return None
