@@ -5,10 +5,15 @@ refused. Three layouts are recognised:
 
 * project format: ``{"format": "saig-checkpoint", "format_version": 1, "config": {...},
   "state_dict": {...}, "metadata": {...}}`` written by :func:`save_checkpoint`;
-* the authors' training checkpoints: ``{"model": state_dict, ...}`` with ``model_grd.*`` /
-  ``model_sat.*`` keys (GAP or SMD, any depth, inferred from the keys);
+* the authors' training checkpoints: ``{"model": state_dict, "optimizer": ..., "epoch": ...,
+  "best_acc": ...}`` with ``model_grd.*`` / ``model_sat.*`` keys (GAP or SMD, any depth, inferred
+  from the keys); a bare state dict and a DataParallel ``module.`` prefix are accepted, and numpy
+  scalars in the bookkeeping are rebuilt from data (no code runs);
 * ImageNet-pretrained backbones: ``{"state_dict": backbone_keys}`` with a 14x14 ``pos_embed``; they
-  initialise both branches (heads stay freshly initialised).
+  initialise both branches (heads stay freshly initialised, ``head.*`` classifiers are ignored).
+
+Project files are checked against their recorded sha256; keys that do not fit are named as the
+file names them.
 """
 from __future__ import annotations
 
@@ -79,14 +84,13 @@ def save_checkpoint(model: SAIGModel, path: str | os.PathLike, *, half: bool = F
     float, bool, None, lists and dicts of them) so the file stays loadable with ``weights_only``.
     """
     path = Path(path)
-    _check_plain(metadata, "metadata")
     state = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu().clone()
         if half and v.is_floating_point():
             v = v.half()
         state[k] = v
-    meta = {
+    meta = _plain_copy({
         "software_version": __version__,
         "torch_version": torch.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -94,7 +98,7 @@ def save_checkpoint(model: SAIGModel, path: str | os.PathLike, *, half: bool = F
         "weights_dtype": "float16" if half else "float32",
         **metadata,
         "weights_sha256": weights_fingerprint(state),
-    }
+    }, "metadata")
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -112,19 +116,25 @@ def save_checkpoint(model: SAIGModel, path: str | os.PathLike, *, half: bool = F
     return path
 
 
-def _check_plain(value: Any, where: str) -> None:
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return
+def _plain_copy(value: Any, where: str) -> Any:
+    """``value`` rebuilt from builtin types only (a str subclass such as torch's version string would
+    otherwise be pickled as its class and make the file unloadable with ``weights_only``)."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, np.generic) and np.ndim(value) == 0:
+        value = value.item()  # numpy scalar -> Python scalar
+    for kind in (bool, int, float, str):  # subclasses such as torch.__version__ or np.float64
+        if isinstance(value, kind):
+            return kind(value)
     if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_plain(v, f"{where}[{i}]")
-        return
+        return [_plain_copy(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict):
+        out = {}
         for k, v in value.items():
             if not isinstance(k, str):
                 raise TypeError(f"{where}: keys must be strings, got {k!r}")
-            _check_plain(v, f"{where}.{k}")
-        return
+            out[str(k)] = _plain_copy(v, f"{where}.{k}")
+        return out
     raise TypeError(f"{where} is a {type(value).__name__}; checkpoint metadata must be plain values")
 
 
@@ -132,10 +142,13 @@ def _check_plain(value: Any, where: str) -> None:
 # reading
 
 # numpy scalars (e.g. an authors' ``best_acc``) are rebuilt from plain data, never by running code.
+_np_scalar = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar  # numpy 2 / numpy 1
 _SAFE_GLOBALS = [
-    np._core.multiarray.scalar,
-    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+    _np_scalar,
+    (_np_scalar, "numpy.core.multiarray.scalar"),
+    (_np_scalar, "numpy._core.multiarray.scalar"),
     np.dtype,
+    *(type(np.dtype(c)) for c in "?bhilqBHILQefdg"),  # numeric dtype classes a scalar's state names
 ]
 # Token grids of the published training sizes, to tell which grid an authors' pos_embed has when
 # the requested size has another token count: CVUSA/CVACT 128x512 / 256x256, VIGOR 320x640 / 320x320.
@@ -151,8 +164,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             raw = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        needs = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f" ({needs.group(1)})" if needs else ""
+        needs = re.search(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(e))
+        what = f" ({needs.group(1) or needs.group(2)})" if needs else ""
         raise CheckpointError(
             f"{path}: refused: loading it would run pickled Python code{what}, and checkpoints are only "
             "read with torch.load(weights_only=True). If you trust the file, re-save just its tensors, "
