@@ -19,6 +19,8 @@ from .version import __version__
 
 COMMAND_MODULES = (
     "saig_core.cli",
+    "tiling.cli",
+    "tiling.synthetic.cli",
 )
 
 

@@ -1,0 +1,58 @@
+"""The chip manifest: one GeoPackage layer ``chips`` of footprint polygons in the grid CRS.
+
+Columns: ``faiss_id`` (row in the index), ``chip_id``, ``source``, ``row``/``col`` (grid cell; XYZ:
+tile y/x), ``win_col_off``/``win_row_off``/``win_width``/``win_height`` (the footprint's bounding
+window in the source raster's pixels, fractional), ``x``/``y`` (centre, grid CRS), ``lon``/``lat``
+(centre, EPSG:4326), ``gsd_m`` (ground metres per chip pixel), ``valid_fraction``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from .chips import Chip
+
+LAYER = "chips"
+COLUMNS = ["faiss_id", "chip_id", "source", "row", "col", "win_col_off", "win_row_off", "win_width",
+           "win_height", "x", "y", "lon", "lat", "gsd_m", "valid_fraction", "minx", "miny", "maxx", "maxy"]
+
+
+def chip_records(chips: Iterable[Chip]) -> list[dict]:
+    """Plain dict rows (JSON-serialisable) for chips; ``faiss_id`` is assigned when writing."""
+    return [{
+        "chip_id": c.chip_id, "source": c.source, "row": c.row, "col": c.col,
+        "win_col_off": c.window[0], "win_row_off": c.window[1], "win_width": c.window[2], "win_height": c.window[3],
+        "x": c.x, "y": c.y, "lon": c.lon, "lat": c.lat, "gsd_m": c.gsd_m, "valid_fraction": round(c.valid_fraction, 4),
+        "minx": c.footprint[0], "miny": c.footprint[1], "maxx": c.footprint[2], "maxy": c.footprint[3],
+    } for c in chips]
+
+
+def write_manifest(records: list[dict], crs: str, path: str | os.PathLike) -> Path:
+    """Write the ``chips`` layer atomically (temporary file in the same folder, then renamed)."""
+    import geopandas as gpd
+    import shapely
+
+    path = Path(path)
+    df = pd.DataFrame.from_records(records, columns=COLUMNS[1:])
+    df.insert(0, "faiss_id", np.arange(len(df), dtype=np.int64))
+    geom = shapely.box(df["minx"].to_numpy(), df["miny"].to_numpy(), df["maxx"].to_numpy(), df["maxy"].to_numpy())
+    gdf = gpd.GeoDataFrame(df.drop(columns=["minx", "miny", "maxx", "maxy"]), geometry=geom, crs=crs)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        gdf.to_file(tmp, layer=LAYER, driver="GPKG", engine="pyogrio")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_manifest(path: str | os.PathLike):
+    """The ``chips`` layer as a GeoDataFrame sorted by ``faiss_id``."""
+    import geopandas as gpd
+
+    gdf = gpd.read_file(path, layer=LAYER, engine="pyogrio")
+    return gdf.sort_values("faiss_id").reset_index(drop=True)

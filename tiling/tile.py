@@ -1,0 +1,93 @@
+"""``saig tile``: rasters to a chip manifest (GeoPackage), with per-raster error reporting.
+
+A raster that cannot be used (not a raster, no CRS, rotated, truncated, chip smaller than a pixel)
+is reported as an error naming it and the others are still chipped; the command then exits 1. No
+output is written when no raster yields a valid chip.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from saig_core.errors import SaigError
+from saig_core.progress import Reporter
+
+from .chips import ChipParams, ChipPlanner, ChipReader, NoChipError, RasterError, SourceRaster, iter_chips, open_sources
+from .manifest import chip_records, write_manifest
+
+
+@dataclass
+class TileResult:
+    output: Path
+    count: int
+    crs: str
+    failed: list[str] = field(default_factory=list)
+
+
+def report_raster_error(reporter: Reporter, failed: list[str]):
+    """An ``on_error`` callback: report a bad raster and remember it."""
+    def on_error(e: RasterError, *_: object) -> None:
+        failed.append(e.filename)
+        reporter.error(str(e), file=e.filename, kind=type(e).__name__)
+    return on_error
+
+
+def plan_run(paths: list[str], params: ChipParams, reporter: Reporter, failed: list[str]) -> ChipPlanner:
+    """Open and validate the rasters (bad ones reported) and plan the grid; raises if none is usable."""
+    on_error = report_raster_error(reporter, failed)
+    sources = open_sources(paths, on_error=on_error)
+    while sources:
+        try:
+            return ChipPlanner(sources, params)
+        except RasterError as e:  # a raster incompatible with the chip size: drop it, re-plan the others
+            on_error(e)
+            bad = next(s for s in sources if str(s.path) == e.filename)
+            bad.close()
+            sources = [s for s in sources if s is not bad]
+            for k, s in enumerate(sources):
+                s.index = k
+    raise SaigError("no usable raster among the inputs: " + ", ".join(failed))
+
+
+def close_sources(sources: list[SourceRaster]) -> None:
+    for s in sources:
+        s.close()
+
+
+def tile_rasters(paths: list[str], params: ChipParams, out: str | os.PathLike, reporter: Reporter,
+                 overwrite: bool = False) -> TileResult:
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise SaigError(f"{out} already exists; pass --overwrite to replace it")
+    failed: list[str] = []
+    planner = plan_run(paths, params, reporter, failed)
+    try:
+        total = planner.count()
+        reporter.log(f"grid {planner.grid.crs_string} ({planner.grid.kind}), {len(planner.sources)} raster(s), "
+                     f"{total} candidate chips")
+        chips = []
+        bad_sources: set[int] = set()
+
+        def on_source_error(e: RasterError, k: int) -> None:
+            bad_sources.add(k)
+            report_raster_error(reporter, failed)(e)
+
+        with ChipReader(planner) as reader, reporter.task("tile", total) as task:
+            last = -1
+            for chip, _ in iter_chips(planner, reader, on_skip=lambda c: None, on_source_error=on_source_error):
+                chips.append(chip)
+                task.update(chip.seq - last)
+                last = chip.seq
+            task.update(total - 1 - last)
+        chips = [c for c in chips if c.source_index not in bad_sources]
+        if not chips:
+            raise NoChipError(f"no valid chip in {', '.join(str(s.path) for s in planner.sources)}: every candidate "
+                              f"chip has less than {params.min_valid:.0%} valid pixels (or the reads failed)")
+        for s in planner.sources:
+            if s.index not in bad_sources and not any(c.source_index == s.index for c in chips):
+                reporter.log(f"{s.path}: no valid chip (all covered by earlier rasters or mostly nodata)", "warning")
+        write_manifest(chip_records(chips), planner.grid.crs_string, out)
+        return TileResult(out, len(chips), planner.grid.crs_string, failed)
+    finally:
+        close_sources(planner.sources)
