@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-installed
 TORCH_SPEC ?= torch==2.13.0
 QGIS_PY := /usr/bin/python3
 
-.PHONY: help venv test test-backend test-plugin qgis clean
+.PHONY: help venv test test-backend test-plugin qgis clean plugin-zip install-plugin
 
 help:
 	@echo "make test   - set up .venv (and QGIS for plugin tests) and run the whole suite"
@@ -44,6 +44,20 @@ test-plugin: qgis $(STAMP)
 	elif $(QGIS_PY) -c 'import qgis.core, pytest' 2>/dev/null; then \
 		QT_QPA_PLATFORM=offscreen $(QGIS_PY) -m pytest tests/plugin -q -p no:cacheprovider; \
 	else echo "QGIS not available: plugin tests not run"; exit 1; fi
+
+# QGIS plugin: dist/qgis_saig_plugin.zip ("Install from ZIP"), or install it into a QGIS profile and enable
+# it, recording this checkout so the plugin uses .venv as its backend.
+PLUGIN_ZIP := dist/qgis_saig_plugin.zip
+QGIS_PROFILE ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
+PLUGIN_SOURCES := $(shell find qgis_saig_plugin -type f -not -path '*/__pycache__/*' -not -name backend.json 2>/dev/null)
+
+$(PLUGIN_ZIP): $(PLUGIN_SOURCES) metadata.txt LICENSE scripts/plugin_package.py
+	$(PYTHON) scripts/plugin_package.py zip $@
+
+plugin-zip: $(PLUGIN_ZIP)
+
+install-plugin: $(PLUGIN_ZIP) | $(STAMP)
+	$(PYTHON) scripts/plugin_package.py install $(PLUGIN_ZIP) --profile "$(QGIS_PROFILE)" --checkout "$(CURDIR)"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo_out test-artifacts

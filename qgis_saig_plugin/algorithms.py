@@ -1,0 +1,471 @@
+"""The SAIG Processing algorithms: tile orthophotos, build a reference index, geolocate photos.
+
+Each one is a thin client of the backend CLI (see :mod:`backend`): it validates the inputs,
+runs ``saig --progress json ...`` in a scratch folder, turns progress events into Processing
+progress, checks cancel on every event, and writes outputs only once the backend has finished,
+so a canceled or failed run leaves no partial file or layer. No ``iface``: they run headless in
+``qgis_process`` exactly as from the toolbox, the batch interface or the SAIG dock.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsFeatureSink,
+    QgsField,
+    QgsFields,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputFolder,
+    QgsProcessingOutputMultipleLayers,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingUtils,
+    QgsProviderRegistry,
+    QgsRasterLayer,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QCoreApplication, QVariant
+
+from .backend import BackendError, BackendRun, format_errors, run_backend
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+DEVICES = ("auto", "cuda", "cpu")
+DEVICE_LABELS = ("Auto (CUDA when available)", "CUDA (GPU)", "CPU")
+
+
+def tr(text: str) -> str:
+    return QCoreApplication.translate("SAIG", text)
+
+
+class SaigAlgorithm(QgsProcessingAlgorithm):
+    """Shared plumbing: running the backend with progress/cancel, raster inputs, scratch folders."""
+
+    def group(self) -> str:
+        return tr("Cross-view geolocation")
+
+    def groupId(self) -> str:
+        return "crossview"
+
+    def createInstance(self):
+        return type(self)()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def raster_paths(self, parameters: dict, name: str, context: QgsProcessingContext) -> list[str]:
+        """File paths of the raster layers of a multiple-layer parameter (file-based GDAL only)."""
+        layers = self.parameterAsLayerList(parameters, name, context)
+        if not layers:
+            raise QgsProcessingException(tr("Choose at least one orthophoto raster layer."))
+        paths = []
+        for layer in layers:
+            if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
+                raise QgsProcessingException(
+                    tr("{} is not a file-based raster layer (GDAL); the backend reads GeoTIFF files.").format(layer.name()))
+            path = QgsProviderRegistry.instance().decodeUri("gdal", layer.source()).get("path") or layer.source()
+            if not os.path.isfile(path):
+                raise QgsProcessingException(tr("{}: the raster file {} does not exist.").format(layer.name(), path))
+            paths.append(path)
+        return paths
+
+    def positive(self, parameters: dict, name: str, context: QgsProcessingContext, label: str) -> float:
+        value = self.parameterAsDouble(parameters, name, context)
+        if not value > 0:
+            raise QgsProcessingException(tr("{} must be greater than 0 (got {}).").format(label, value))
+        return value
+
+    def device(self, parameters: dict, context: QgsProcessingContext) -> str:
+        return DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]
+
+    def add_device_parameter(self) -> None:
+        param = QgsProcessingParameterEnum("DEVICE", tr("Device"), options=list(DEVICE_LABELS), defaultValue=0)
+        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(param)
+
+    @staticmethod
+    def scratch_folder() -> str:
+        """A new folder for the backend's own outputs, inside Processing's temporary folder."""
+        return tempfile.mkdtemp(prefix="saig_", dir=QgsProcessingUtils.tempFolder())
+
+    def backend(self, args: list, feedback: QgsProcessingFeedback, cwd: str,
+                result_progress: Optional[Callable[[dict], float]] = None) -> BackendRun:
+        """Run the backend; progress, logs and per-file errors go to ``feedback``.
+
+        Progress is the current stage's fraction, or, when ``result_progress`` is given, its value
+        for each result event (e.g. photos done / photos), the stage then only naming the step.
+        """
+        feedback.pushCommandInfo("saig --progress json " + " ".join(_quote(a) for a in args))
+
+        def on_event(event: dict) -> None:
+            kind = event.get("event")
+            if kind == "progress":
+                if result_progress is None and event.get("fraction") is not None:
+                    feedback.setProgress(100.0 * max(0.0, min(1.0, float(event["fraction"]))))
+                if event.get("stage"):
+                    feedback.setProgressText(str(event["stage"]))
+            elif kind == "log":
+                message = str(event.get("message", ""))
+                if event.get("level") in ("warning", "error"):
+                    feedback.pushWarning(message)
+                else:
+                    feedback.pushInfo(message)
+            elif kind == "error":
+                feedback.reportError(format_errors([event]), False)
+            elif kind == "result" and result_progress is not None:
+                feedback.setProgress(100.0 * result_progress(event))
+
+        try:
+            return run_backend(args, on_event=on_event, on_stderr=feedback.pushDebugInfo,
+                               is_canceled=feedback.isCanceled, cwd=cwd)
+        except BackendError as e:  # canceled, killed, missing backend: a message, never a traceback
+            raise QgsProcessingException(str(e)) from None
+
+
+def _quote(arg) -> str:
+    text = str(arg)
+    return f'"{text}"' if (" " in text or not text) else text
+
+
+class TileOrthophotoAlgorithm(SaigAlgorithm):
+    """saig:tileorthophoto — the chip grid of one or more orthophotos as footprint polygons."""
+
+    INPUT, CHIP_SIZE_M, STRIDE_M, OUTPUT = "INPUT", "CHIP_SIZE_M", "STRIDE_M", "OUTPUT"
+
+    def name(self) -> str:
+        return "tileorthophoto"
+
+    def displayName(self) -> str:
+        return tr("Tile orthophotos into chips")
+
+    def shortHelpString(self) -> str:
+        return tr(
+            "Cuts georeferenced orthophotos into square aerial chips of a fixed ground size on a metric grid "
+            "(the raster's CRS when projected in metres, otherwise a UTM zone) and writes one footprint polygon "
+            "per chip with its id, source file, pixel window, centre (lon/lat and grid) and ground resolution.\n\n"
+            "Chip size (m): side of a chip on the ground. Stride (m): distance between neighbouring chips "
+            "(smaller than the chip size for overlapping chips).\n\n"
+            "Runs the SAIG backend ('saig tile'); nothing is loaded into QGIS's own Python.")
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterMultipleLayers(
+            self.INPUT, tr("Orthophotos"), QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.CHIP_SIZE_M, tr("Chip size (m)"), QgsProcessingParameterNumber.Double, 100.0, False, 0.01))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.STRIDE_M, tr("Stride (m)"), QgsProcessingParameterNumber.Double, 50.0, False, 0.01))
+        self.addParameter(QgsProcessingParameterFeatureSink(
+            self.OUTPUT, tr("Chip footprints"), QgsProcessing.TypeVectorPolygon))
+        self.addOutput(QgsProcessingOutputNumber("CHIP_COUNT", tr("Number of chips")))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        rasters = self.raster_paths(parameters, self.INPUT, context)
+        size = self.positive(parameters, self.CHIP_SIZE_M, context, tr("Chip size"))
+        stride = self.positive(parameters, self.STRIDE_M, context, tr("Stride"))
+        scratch = self.scratch_folder()
+        try:
+            chips_path = os.path.join(scratch, "chips.gpkg")
+            run = self.backend(["tile", *rasters, "--chip-size-m", size, "--stride-m", stride,
+                                "--out", chips_path, "--json"], feedback, scratch)
+            result = run.results[-1]
+            layer_name = result.get("layer") or "chips"
+            chips = QgsVectorLayer(f"{chips_path}|layername={layer_name}", "chips", "ogr")
+            if not chips.isValid():
+                raise QgsProcessingException(tr("The backend did not write the chip layer {}.").format(chips_path))
+            sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, chips.fields(),
+                                                 chips.wkbType(), chips.crs())
+            if sink is None:
+                raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
+            count = 0
+            for feature in chips.getFeatures():
+                sink.addFeature(feature, QgsFeatureSink.FastInsert)
+                count += 1
+            feedback.pushInfo(tr("{} chips, grid CRS {}").format(count, result.get("crs") or chips.crs().authid()))
+            return {self.OUTPUT: dest_id, "CHIP_COUNT": count}
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+class BuildIndexAlgorithm(SaigAlgorithm):
+    """saig:buildindex — encode every chip with the aerial branch into a reference index folder."""
+
+    INPUT, CHECKPOINT, CHIP_SIZE_M, STRIDE_M, OUTPUT_DIR = "INPUT", "CHECKPOINT", "CHIP_SIZE_M", "STRIDE_M", "OUTPUT_DIR"
+
+    def name(self) -> str:
+        return "buildindex"
+
+    def displayName(self) -> str:
+        return tr("Build reference index")
+
+    def shortHelpString(self) -> str:
+        return tr(
+            "Cuts the orthophotos into chips (as 'Tile orthophotos into chips'), encodes every chip with the "
+            "aerial branch of the SAIG checkpoint and writes a self-describing reference index folder "
+            "(FAISS index, chip manifest, metadata with the model fingerprint, chip parameters, CRS and checksums).\n\n"
+            "The index is what 'Geolocate photos' searches. Use the chip size the checkpoint was trained for "
+            "(about the ground footprint of its aerial images). The folder appears only once the build is "
+            "complete; an interrupted build continues where it stopped when run again with the same output.\n\n"
+            "Runs the SAIG backend ('saig index build'); set the device to CUDA to use a GPU.")
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterMultipleLayers(
+            self.INPUT, tr("Orthophotos"), QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterFile(
+            self.CHECKPOINT, tr("SAIG checkpoint"), QgsProcessingParameterFile.File,
+            fileFilter=tr("Checkpoints (*.pt *.pth);;All files (*)")))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.CHIP_SIZE_M, tr("Chip size (m)"), QgsProcessingParameterNumber.Double, 100.0, False, 0.01))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.STRIDE_M, tr("Stride (m)"), QgsProcessingParameterNumber.Double, 50.0, False, 0.01))
+        self.add_device_parameter()
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_DIR, tr("Index folder")))
+        self.addOutput(QgsProcessingOutputNumber("CHIP_COUNT", tr("Number of indexed chips")))
+        self.addOutput(QgsProcessingOutputString("FINGERPRINT", tr("Model fingerprint")))
+        self.addOutput(QgsProcessingOutputString("CRS", tr("Chip grid CRS")))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        rasters = self.raster_paths(parameters, self.INPUT, context)
+        checkpoint = self.parameterAsFile(parameters, self.CHECKPOINT, context)
+        if not checkpoint or not os.path.isfile(checkpoint):
+            raise QgsProcessingException(tr("The checkpoint file {} does not exist.").format(checkpoint or "(none)"))
+        size = self.positive(parameters, self.CHIP_SIZE_M, context, tr("Chip size"))
+        stride = self.positive(parameters, self.STRIDE_M, context, tr("Stride"))
+        out_dir = self.parameterAsFileOutput(parameters, self.OUTPUT_DIR, context)
+        if not out_dir:
+            raise QgsProcessingException(tr("Choose an index folder."))
+        if os.path.isfile(out_dir):
+            raise QgsProcessingException(tr("The index folder {} is an existing file.").format(out_dir))
+        scratch = self.scratch_folder()
+        try:
+            run = self.backend(["index", "build", *rasters, "--checkpoint", checkpoint, "--chip-size-m", size,
+                                "--stride-m", stride, "--out", out_dir, "--device", self.device(parameters, context),
+                                "--json"], feedback, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        result = run.results[-1]
+        feedback.pushInfo(tr("Index {}: {} chips, CRS {}").format(out_dir, result.get("count"), result.get("crs")))
+        return {self.OUTPUT_DIR: out_dir, "CHIP_COUNT": int(result.get("count") or 0),
+                "FINGERPRINT": str(result.get("fingerprint") or ""), "CRS": str(result.get("crs") or "")}
+
+
+def candidate_fields() -> QgsFields:
+    """Attributes of the 'SAIG candidates' layer (one point per photo and rank, EPSG:4326)."""
+    fields = QgsFields()
+    for name, kind in (("photo", QVariant.String), ("photo_name", QVariant.String), ("rank", QVariant.Int),
+                       ("score", QVariant.Double), ("chip_id", QVariant.String), ("lon", QVariant.Double),
+                       ("lat", QVariant.Double), ("x", QVariant.Double), ("y", QVariant.Double),
+                       ("distance_m", QVariant.Double)):
+        fields.append(QgsField(name, kind))
+    return fields
+
+
+def exif_fields() -> QgsFields:
+    """Attributes of the EXIF positions layer (one point per photo with GPS in its EXIF, EPSG:4326)."""
+    fields = QgsFields()
+    for name, kind in (("photo", QVariant.String), ("photo_name", QVariant.String), ("lon", QVariant.Double),
+                       ("lat", QVariant.Double), ("heading", QVariant.Double), ("heading_ref", QVariant.String)):
+        fields.append(QgsField(name, kind))
+    return fields
+
+
+def expand_photos(entries: list[str]) -> list[str]:
+    """Photo files from a list of files and folders (a folder: its images, sorted, not recursive)."""
+    photos: list[str] = []
+    for entry in entries:
+        if not entry:
+            continue
+        if os.path.isdir(entry):
+            found = sorted(str(p) for p in Path(entry).iterdir()
+                           if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+            if not found:
+                raise QgsProcessingException(tr("The folder {} contains no photos ({}).").format(
+                    entry, ", ".join(PHOTO_SUFFIXES)))
+            photos.extend(found)
+        elif os.path.isfile(entry):
+            photos.append(entry)
+        else:
+            raise QgsProcessingException(tr("The photo {} does not exist.").format(entry))
+    if not photos:
+        raise QgsProcessingException(tr("Choose at least one photo (files or a folder)."))
+    return photos
+
+
+def _number(value) -> Optional[float]:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class GeolocatePhotosAlgorithm(SaigAlgorithm):
+    """saig:geolocatephotos — ranked candidate locations (and heatmaps) of ground photos."""
+
+    PHOTOS, INDEX, CHECKPOINT, TOP_K = "PHOTOS", "INDEX", "CHECKPOINT", "TOP_K"
+    PRIOR_RADIUS_M, OUTPUT, EXIF_OUTPUT, HEATMAP_DIR = "PRIOR_RADIUS_M", "OUTPUT", "EXIF_OUTPUT", "HEATMAP_DIR"
+
+    def name(self) -> str:
+        return "geolocatephotos"
+
+    def displayName(self) -> str:
+        return tr("Geolocate photos")
+
+    def shortHelpString(self) -> str:
+        return tr(
+            "Where was this photo taken? Encodes each ground photo with the SAIG ground branch and searches the "
+            "reference index for the most similar aerial chips.\n\n"
+            "Photos: JPEG/PNG/TIFF files, or a folder of them. Index: a folder made by 'Build reference index'. "
+            "Checkpoint: optional when the index records its checkpoint; a checkpoint of another model than "
+            "the index's is refused. Top-k: candidates per photo. Prior radius: when set, only chips within this "
+            "distance (m) of the photo's EXIF GPS position are searched.\n\n"
+            "Output: one point per photo and rank (EPSG:4326) with photo, rank, score, chip id, lon/lat, grid "
+            "x/y and distance (m) to the EXIF position. Optional: the EXIF positions as points, and one Float32 "
+            "similarity heatmap GeoTIFF per photo on the chip grid (nodata where there is no chip).\n\n"
+            "A photo that cannot be read is reported in the log and the others are still located.")
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterMultipleLayers(
+            self.PHOTOS, tr("Photos (files or a folder)"), QgsProcessing.TypeFile))
+        self.addParameter(QgsProcessingParameterFile(
+            self.INDEX, tr("Reference index folder"), QgsProcessingParameterFile.Folder))
+        self.addParameter(QgsProcessingParameterFile(
+            self.CHECKPOINT, tr("SAIG checkpoint (optional when the index records one)"),
+            QgsProcessingParameterFile.File, fileFilter=tr("Checkpoints (*.pt *.pth);;All files (*)"),
+            optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.TOP_K, tr("Candidates per photo (top-k)"), QgsProcessingParameterNumber.Integer, 20, False, 1, 1000))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.PRIOR_RADIUS_M, tr("Search only within this radius of the EXIF position (m)"),
+            QgsProcessingParameterNumber.Double, None, True, 0.0))
+        self.add_device_parameter()
+        self.addParameter(QgsProcessingParameterFeatureSink(
+            self.OUTPUT, tr("Candidates"), QgsProcessing.TypeVectorPoint))
+        self.addParameter(QgsProcessingParameterFeatureSink(
+            self.EXIF_OUTPUT, tr("EXIF positions"), QgsProcessing.TypeVectorPoint, optional=True,
+            createByDefault=False))
+        self.addParameter(QgsProcessingParameterFolderDestination(
+            self.HEATMAP_DIR, tr("Heatmap folder"), optional=True, createByDefault=False))
+        self.addOutput(QgsProcessingOutputMultipleLayers("HEATMAPS", tr("Heatmaps")))
+        self.addOutput(QgsProcessingOutputNumber("PHOTOS_LOCATED", tr("Photos located")))
+        self.addOutput(QgsProcessingOutputNumber("PHOTOS_FAILED", tr("Photos that failed")))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        entries = self.parameterAsFileList(parameters, self.PHOTOS, context)
+        photos = expand_photos([str(e) for e in entries])
+        index = self.parameterAsFile(parameters, self.INDEX, context)
+        if not index or not os.path.isdir(index):
+            raise QgsProcessingException(tr("The index folder {} does not exist.").format(index or "(none)"))
+        checkpoint = self.parameterAsFile(parameters, self.CHECKPOINT, context)
+        if checkpoint and not os.path.isfile(checkpoint):
+            raise QgsProcessingException(tr("The checkpoint file {} does not exist.").format(checkpoint))
+        top_k = self.parameterAsInt(parameters, self.TOP_K, context)
+        prior = None
+        if parameters.get(self.PRIOR_RADIUS_M) not in (None, ""):
+            prior = self.parameterAsDouble(parameters, self.PRIOR_RADIUS_M, context)
+            if not prior > 0:
+                raise QgsProcessingException(tr("The prior radius must be greater than 0 m (got {}).").format(prior))
+        heatmap_dir = ""
+        if parameters.get(self.HEATMAP_DIR) not in (None, ""):
+            heatmap_dir = self.parameterAsFileOutput(parameters, self.HEATMAP_DIR, context)
+
+        scratch = self.scratch_folder()
+        try:
+            args = ["locate", *photos, "--index", index, "-k", top_k,
+                    "--out", os.path.join(scratch, "results.gpkg"),
+                    "--device", self.device(parameters, context), "--json"]
+            if checkpoint:
+                args += ["--checkpoint", checkpoint]
+            if prior is not None:
+                args += ["--prior-radius-m", prior]
+            scratch_heatmaps = os.path.join(scratch, "heatmaps")
+            if heatmap_dir:
+                args += ["--heatmap-dir", scratch_heatmaps]
+            done = {"photos": 0}
+
+            def photos_done(event: dict) -> Optional[float]:
+                done["photos"] += 1
+                return done["photos"] / len(photos)
+
+            run = self.backend(args, feedback, scratch, photos_done)
+            photo_results = [r for r in run.results if "candidates" in r]
+            if not photo_results:
+                raise QgsProcessingException(format_errors(run.errors) or tr("The backend located no photo."))
+            outputs = self._write_outputs(parameters, context, photo_results)
+            heatmaps = self._move_heatmaps(photo_results, scratch_heatmaps, heatmap_dir) if heatmap_dir else []
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if run.errors:
+            feedback.pushWarning(tr("{} of {} photos could not be located (reasons above).").format(
+                len(run.errors), len(photos)))
+        outputs.update({"HEATMAPS": heatmaps, "PHOTOS_LOCATED": len(photo_results),
+                        "PHOTOS_FAILED": len(run.errors)})
+        if heatmap_dir:
+            outputs[self.HEATMAP_DIR] = heatmap_dir
+        return outputs
+
+    def _write_outputs(self, parameters, context, photo_results: list[dict]) -> dict:
+        wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, candidate_fields(),
+                                             QgsWkbTypes.Point, wgs84)
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
+        for result in photo_results:
+            photo = str(result.get("photo", ""))
+            for c in result.get("candidates") or []:
+                f = QgsFeature(candidate_fields())
+                lon, lat = _number(c.get("lon")), _number(c.get("lat"))
+                if lon is None or lat is None:
+                    continue
+                f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(lon, lat)))
+                f.setAttributes([photo, os.path.basename(photo), int(c.get("rank") or 0), _number(c.get("score")),
+                                 str(c.get("chip_id", "")), lon, lat, _number(c.get("x")), _number(c.get("y")),
+                                 _number(c.get("distance_m"))])
+                sink.addFeature(f, QgsFeatureSink.FastInsert)
+        outputs = {self.OUTPUT: dest_id}
+        exif_sink, exif_id = self.parameterAsSink(parameters, self.EXIF_OUTPUT, context, exif_fields(),
+                                                  QgsWkbTypes.Point, wgs84)
+        if exif_sink is not None:
+            for result in photo_results:
+                exif = result.get("exif") or {}
+                lon, lat = _number(exif.get("lon")), _number(exif.get("lat"))
+                if lon is None or lat is None:
+                    continue
+                photo = str(result.get("photo", ""))
+                f = QgsFeature(exif_fields())
+                f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(lon, lat)))
+                f.setAttributes([photo, os.path.basename(photo), lon, lat, _number(exif.get("heading")),
+                                 str(exif.get("heading_ref") or "")])
+                exif_sink.addFeature(f, QgsFeatureSink.FastInsert)
+            outputs[self.EXIF_OUTPUT] = exif_id
+        return outputs
+
+    @staticmethod
+    def _move_heatmaps(photo_results: list[dict], scratch_dir: str, heatmap_dir: str) -> list[str]:
+        """Move the finished heatmaps from the scratch folder into the user's folder."""
+        os.makedirs(heatmap_dir, exist_ok=True)
+        moved = []
+        for result in photo_results:
+            src = result.get("heatmap")
+            if not src or not os.path.isfile(src):
+                continue
+            dst = os.path.join(heatmap_dir, os.path.basename(src))
+            shutil.move(src, dst)
+            moved.append(dst)
+        return moved

@@ -1,0 +1,342 @@
+"""The SAIG backend: find its Python, run the ``saig`` CLI as a subprocess, read its JSON lines.
+
+QGIS's own Python never imports torch, faiss or rasterio: everything heavy runs in the backend's
+environment (a venv with the ``saig-geolocate`` project installed). The child gets a cleaned
+environment so QGIS's PYTHONPATH, PROJ and GDAL settings cannot leak into the backend's wheels.
+
+Where the backend is looked for, first match wins:
+
+1. the plugin setting ``saig/backend_python`` (set in the SAIG dock);
+2. the ``SAIG_PYTHON`` environment variable;
+3. ``backend.json`` next to this file, written by ``make install-plugin`` from a checkout
+   (``{"python": ..., "checkout": ...}``; the checkout's ``.venv`` is used);
+4. a ``saig`` executable on PATH.
+
+Each may name a Python interpreter (run as ``PYTHON -m saig_core``) or the ``saig`` script itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from qgis.core import QgsSettings
+
+SETTINGS_KEY = "saig/backend_python"
+ENV_VAR = "SAIG_PYTHON"
+BACKEND_JSON = Path(__file__).with_name("backend.json")
+
+#: Variables of the QGIS process that would break the backend's own Python, PROJ and GDAL.
+STRIPPED_ENV = (
+    "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONEXECUTABLE",
+    "PROJ_LIB", "PROJ_DATA", "GDAL_DATA", "GDAL_DRIVER_PATH",
+    "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH", "DYLD_FALLBACK_LIBRARY_PATH",
+)
+
+HOW_TO_FIX = (
+    "Point the plugin at the Python of the environment where saig-geolocate is installed: "
+    "in the SAIG dock, Backend > Python (e.g. /path/to/saig-geolocate/.venv/bin/python), "
+    "or set the SAIG_PYTHON environment variable before starting QGIS. "
+    "Installing the plugin with 'make install-plugin' from a checkout sets it automatically."
+)
+
+_TERMINATE_GRACE_S = 3.0
+_POLL_S = 0.1
+
+
+class BackendError(Exception):
+    """A failure of the backend, with a message a user can act on (no traceback needed)."""
+
+
+class BackendCanceled(BackendError):
+    """The user canceled; the child was terminated."""
+
+
+@dataclass(frozen=True)
+class BackendLocation:
+    """How to start the backend: the command prefix and where it was found (for messages)."""
+
+    command: tuple[str, ...]
+    source: str
+
+    @property
+    def executable(self) -> str:
+        return self.command[0]
+
+
+@dataclass
+class BackendRun:
+    """What one backend call produced: every ``result`` and ``error`` event, the exit code."""
+
+    returncode: int
+    results: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    stderr_tail: str = ""
+
+
+def venv_python(venv: Path) -> Path:
+    """The interpreter of a virtual environment, on POSIX or Windows."""
+    posix = venv / "bin" / "python"
+    return posix if posix.exists() or os.name != "nt" else venv / "Scripts" / "python.exe"
+
+
+def _command_for(path: str) -> tuple[str, ...]:
+    name = Path(path).name.lower()
+    if name in ("saig", "saig.exe"):
+        return (path,)
+    return (path, "-m", "saig_core")
+
+
+def _from_backend_json(path: Path) -> Optional[BackendLocation]:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    python = info.get("python") or ""
+    if not python and info.get("checkout"):
+        python = str(venv_python(Path(info["checkout"]) / ".venv"))
+    if not python:
+        return None
+    return BackendLocation(_command_for(python), f"the checkout recorded at install ({path})")
+
+
+def configured_python() -> str:
+    """The backend Python set in the plugin settings ('' when unset)."""
+    return str(QgsSettings().value(SETTINGS_KEY, "", type=str) or "").strip()
+
+
+def set_configured_python(path: str) -> None:
+    """Store the backend Python in the plugin settings ('' to go back to auto-detection)."""
+    if path.strip():
+        QgsSettings().setValue(SETTINGS_KEY, path.strip())
+    else:
+        QgsSettings().remove(SETTINGS_KEY)
+
+
+def locate_backend() -> BackendLocation:
+    """Find the backend (see the module docstring for the order); raise BackendError when none."""
+    setting = configured_python()
+    if setting:
+        return BackendLocation(_command_for(setting), "the plugin setting (SAIG dock > Backend)")
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        return BackendLocation(_command_for(env), f"the {ENV_VAR} environment variable")
+    if BACKEND_JSON.exists():
+        found = _from_backend_json(BACKEND_JSON)
+        if found is not None:
+            return found
+    on_path = shutil.which("saig")
+    if on_path:
+        return BackendLocation((on_path,), "the saig command on PATH")
+    raise BackendError(f"No SAIG backend is configured. {HOW_TO_FIX}")
+
+
+def clean_environment(base: Optional[dict] = None) -> dict:
+    """A copy of ``base`` (default os.environ) safe for the backend's Python: QGIS's variables removed."""
+    env = dict(os.environ if base is None else base)
+    for name in STRIPPED_ENV:
+        env.pop(name, None)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    env["PYTHONNOUSERSITE"] = "1"
+    return env
+
+
+def _check_executable(location: BackendLocation) -> None:
+    exe = Path(location.executable)
+    if not exe.exists():
+        raise BackendError(f"The SAIG backend {exe} (from {location.source}) does not exist. {HOW_TO_FIX}")
+    if exe.is_dir() or not os.access(exe, os.X_OK):
+        raise BackendError(f"The SAIG backend {exe} (from {location.source}) is not an executable file. {HOW_TO_FIX}")
+
+
+def _pump(stream, sink: "queue.Queue", tag: str) -> None:
+    for line in iter(stream.readline, ""):
+        sink.put((tag, line.rstrip("\r\n")))
+    sink.put((tag, None))
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    """Stop the child and everything it started (its process group), gently first."""
+    if proc.poll() is not None:
+        return
+    try:
+        if os.name == "posix":
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.terminate()
+        proc.wait(_TERMINATE_GRACE_S)
+    except subprocess.TimeoutExpired:
+        if os.name == "posix":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        proc.wait()
+    except ProcessLookupError:
+        proc.wait()
+
+
+def describe_exit(returncode: int, location: BackendLocation, stderr_tail: str) -> str:
+    """A user-facing explanation of a failed backend exit."""
+    if returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
+        return ("The SAIG backend was killed (signal 9): probably out of memory. "
+                "Try fewer photos or rasters per run, a smaller chip size, or close other programs.")
+    if returncode < 0:
+        return f"The SAIG backend was stopped by signal {-returncode}."
+    if "No module named" in stderr_tail and "saig_core" in stderr_tail:
+        return (f"{location.executable} (from {location.source}) runs, but saig-geolocate is not installed "
+                f"in its environment. {HOW_TO_FIX}")
+    if returncode == 2:
+        last = stderr_tail.strip().splitlines()[-1:] or [""]
+        return (f"The SAIG backend did not accept the command ({last[0]}). "
+                "It is probably older than this plugin: update saig-geolocate in the backend environment.")
+    last_lines = "\n".join(stderr_tail.strip().splitlines()[-5:])
+    return f"The SAIG backend failed (exit code {returncode}).\n{last_lines}".rstrip()
+
+
+def run_backend(
+    args: Sequence[str],
+    *,
+    location: Optional[BackendLocation] = None,
+    on_event: Optional[Callable[[dict], None]] = None,
+    on_stderr: Optional[Callable[[str], None]] = None,
+    is_canceled: Optional[Callable[[], bool]] = None,
+    cwd: Optional[str] = None,
+) -> BackendRun:
+    """Run ``saig --progress json ARGS`` and stream its events to ``on_event`` (in this thread).
+
+    Cancel is checked after every event and at least every 0.1 s; a cancel terminates the child's
+    process group and raises BackendCanceled. A child that exits without any result raises
+    BackendError with an explanation (killed = probably out of memory, missing module, ...);
+    otherwise the run is returned, including per-file ``error`` events, for the caller to judge.
+    """
+    location = location or locate_backend()
+    _check_executable(location)
+    command = [*location.command, "--progress", "json", *map(str, args)]
+    popen_kwargs = {}
+    if os.name == "posix":
+        popen_kwargs["start_new_session"] = True
+    else:
+        popen_kwargs["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+    try:
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, encoding="utf-8", errors="replace", bufsize=1,
+            env=clean_environment(), cwd=cwd or os.path.expanduser("~"), **popen_kwargs,
+        )
+    except OSError as e:
+        raise BackendError(f"Could not start the SAIG backend {location.executable} "
+                           f"(from {location.source}): {e.strerror or e}. {HOW_TO_FIX}") from None
+
+    lines: "queue.Queue" = queue.Queue()
+    readers = [threading.Thread(target=_pump, args=(proc.stdout, lines, "out"), daemon=True),
+               threading.Thread(target=_pump, args=(proc.stderr, lines, "err"), daemon=True)]
+    for t in readers:
+        t.start()
+
+    run = BackendRun(returncode=0)
+    stderr_tail: deque = deque(maxlen=200)
+    open_streams = 2
+    try:
+        while open_streams:
+            if is_canceled is not None and is_canceled():
+                raise BackendCanceled("Canceled: the SAIG backend was stopped and nothing was written.")
+            try:
+                tag, line = lines.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if line is None:
+                open_streams -= 1
+                continue
+            if tag == "err":
+                stderr_tail.append(line)
+                if on_stderr is not None:
+                    on_stderr(line)
+                continue
+            event = _parse_event(line)
+            if event.get("event") == "result":
+                run.results.append(event)
+            elif event.get("event") == "error":
+                run.errors.append(event)
+            if on_event is not None:
+                on_event(event)
+        while proc.poll() is None:
+            if is_canceled is not None and is_canceled():
+                raise BackendCanceled("Canceled: the SAIG backend was stopped and nothing was written.")
+            time.sleep(_POLL_S)
+    except BaseException:
+        _terminate(proc)
+        raise
+    finally:
+        for t in readers:
+            t.join(1.0)
+        proc.stdout.close()
+        proc.stderr.close()
+    run.returncode = proc.returncode
+    run.stderr_tail = "\n".join(stderr_tail)
+    killed = run.returncode < 0 or run.returncode == 128 + signal.SIGKILL
+    if killed or (run.returncode != 0 and not run.results):
+        if run.errors and run.returncode == 1:
+            raise BackendError(format_errors(run.errors))
+        raise BackendError(describe_exit(run.returncode, location, run.stderr_tail))
+    return run
+
+
+def _parse_event(line: str) -> dict:
+    """One stdout line as an event; anything that is not a JSON event becomes a log event."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return {"event": "log", "level": "info", "message": line}
+    if not isinstance(event, dict) or "event" not in event:
+        return {"event": "log", "level": "info", "message": line}
+    return event
+
+
+def format_errors(errors: Sequence[dict]) -> str:
+    """Error events as lines of 'file: message'."""
+    out = []
+    for e in errors:
+        message = str(e.get("message") or "unknown error")
+        file = e.get("file")
+        out.append(f"{file}: {message}" if file and str(file) not in message else message)
+    return "\n".join(out)
+
+
+def backend_info(location: Optional[BackendLocation] = None, checkpoint: str = "",
+                 device: str = "auto") -> dict:
+    """``saig backend-info --json``: version, torch, device and (with a checkpoint) the model's info."""
+    args = ["backend-info", "--device", device, "--json"]
+    if checkpoint:
+        args += ["--checkpoint", checkpoint]
+    run = run_backend(args, location=location)
+    if not run.results:
+        raise BackendError("The SAIG backend answered backend-info without a result.")
+    return run.results[-1]
+
+
+def describe_backend_info(info: dict) -> str:
+    """One line for people: 'saig 0.1.0 · torch 2.13.0 · CUDA (NVIDIA H100) · model saig_s gap 384-d'."""
+    device = str(info.get("device") or "?")
+    if info.get("cuda") or device.startswith("cuda"):
+        device_text = f"CUDA ({info.get('device_name') or 'GPU'})"
+    else:
+        device_text = str(info.get("device_name") or device.upper())
+    parts = [f"saig {info.get('version', '?')}", f"torch {info.get('torch', '?')}", device_text]
+    model = info.get("model")
+    if isinstance(model, dict) and model:
+        cfg = model.get("config") if isinstance(model.get("config"), dict) else model
+        name = cfg.get("preset") or model.get("preset") or "model"
+        pool = cfg.get("pool") or model.get("pool") or ""
+        dim = model.get("descriptor_dim") or cfg.get("descriptor_dim")
+        parts.append(" ".join(str(p) for p in (f"model {name}", pool, f"{dim}-d" if dim else "") if p))
+    return " · ".join(parts)

@@ -1,0 +1,553 @@
+"""The SAIG dock: pick an index (or build one), a checkpoint and photos; run; browse the candidates.
+
+Every job is a Processing algorithm of the "SAIG" provider run through QgsProcessingAlgRunnerTask,
+so the dock, the toolbox, batch jobs and qgis_process share one code path. Results are added to
+the project only when a run succeeded (main thread); a canceled or failed run adds nothing.
+
+The dock talks to QGIS through explicit collaborators (map canvas, message bar, a function giving
+the layers selected in the Layers panel) rather than ``iface``, so it can be driven in tests.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, Optional
+
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsCoordinateTransform,
+    QgsFeatureRequest,
+    QgsMapLayer,
+    QgsProcessingAlgRunnerTask,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingUtils,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsSettings,
+    QgsTask,
+    QgsVectorLayer,
+)
+from qgis.gui import QgsDockWidget, QgsDoubleSpinBox, QgsFileWidget, QgsMapCanvas, QgsMessageBar, QgsSpinBox
+from qgis.PyQt.QtCore import QSize, Qt, pyqtSignal
+from qgis.PyQt.QtGui import QIcon, QImageReader, QPixmap
+from qgis.PyQt.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import styles
+from .algorithms import DEVICE_LABELS
+from .backend import (
+    BackendError,
+    backend_info,
+    configured_python,
+    describe_backend_info,
+    locate_backend,
+    set_configured_python,
+)
+
+THUMB_SIZE = QSize(64, 48)
+SETTINGS_PREFIX = "saig/dock/"
+TABLE_COLUMNS = ("Photo", "Rank", "Score", "Dist. EXIF (m)", "Lon", "Lat")
+
+
+class _Feedback(QgsProcessingFeedback):
+    """Processing feedback that also keeps the error messages, to show them in the message bar."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[str] = []
+
+    def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N802,N803 (Qt names)
+        self.errors.append(error)
+        super().reportError(error, fatalError)
+
+
+@dataclass
+class _Job:
+    """A running algorithm: the objects that must stay alive until it finishes."""
+
+    task: QgsProcessingAlgRunnerTask
+    context: QgsProcessingContext
+    feedback: _Feedback
+    kind: str
+    extra: dict = field(default_factory=dict)
+
+
+class SaigDock(QgsDockWidget):
+    """Dock widget "SAIG Geolocate"."""
+
+    #: (ok, message) once a geolocation run has finished and its layers are in the project
+    run_finished = pyqtSignal(bool, str)
+    #: (ok, message) once an index build has finished
+    build_finished = pyqtSignal(bool, str)
+    #: (ok, message) once "Check backend" has an answer
+    backend_checked = pyqtSignal(bool, str)
+
+    def __init__(self, canvas: QgsMapCanvas, message_bar: QgsMessageBar,
+                 selected_layers: Callable[[], list], parent: Optional[QWidget] = None) -> None:
+        super().__init__("SAIG Geolocate", parent)
+        self.setObjectName("SaigGeolocateDock")
+        self.canvas = canvas
+        self.message_bar = message_bar
+        self.selected_layers = selected_layers
+        self.job: Optional[_Job] = None
+        self.info_task: Optional[QgsTask] = None
+        self.candidates_layer: Optional[QgsVectorLayer] = None
+        self.exif_layer: Optional[QgsVectorLayer] = None
+        self.heatmap_layers: list[QgsRasterLayer] = []
+        self._build_ui()
+        self._restore_settings()
+
+    # -- UI ---------------------------------------------------------------------------------
+
+    def _build_ui(self) -> None:
+        body = QWidget()
+        layout = QVBoxLayout(body)
+
+        backend_box = QGroupBox("Backend")
+        form = QFormLayout(backend_box)
+        self.backend_python = QgsFileWidget()
+        self.backend_python.setStorageMode(QgsFileWidget.GetFile)
+        self.backend_python.setDialogTitle("Python of the SAIG backend environment")
+        self.backend_python.lineEdit().setShowClearButton(True)
+        form.addRow("Python", self.backend_python)
+        self.check_backend_button = QPushButton("Check backend")
+        self.backend_status = QLabel("")
+        self.backend_status.setWordWrap(True)
+        self.backend_status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        row = QHBoxLayout()
+        row.addWidget(self.check_backend_button)
+        row.addWidget(self.backend_status, 1)
+        form.addRow(row)
+        layout.addWidget(backend_box)
+
+        index_box = QGroupBox("Reference")
+        form = QFormLayout(index_box)
+        self.index_dir = QgsFileWidget()
+        self.index_dir.setStorageMode(QgsFileWidget.GetDirectory)
+        self.index_dir.setDialogTitle("Reference index folder")
+        form.addRow("Index folder", self.index_dir)
+        self.chip_size = QgsDoubleSpinBox()
+        self.chip_size.setRange(0.5, 100000)
+        self.chip_size.setDecimals(1)
+        self.chip_size.setSuffix(" m")
+        self.chip_size.setClearValue(100.0)
+        self.chip_size.setValue(100.0)
+        self.stride = QgsDoubleSpinBox()
+        self.stride.setRange(0.5, 100000)
+        self.stride.setDecimals(1)
+        self.stride.setSuffix(" m")
+        self.stride.setClearValue(50.0)
+        self.stride.setValue(50.0)
+        self.build_button = QPushButton("Build from selected rasters")
+        self.build_button.setToolTip("Encode the raster layers selected in the Layers panel into a new index "
+                                     "(the 'Build reference index' algorithm) and use it.")
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Chip"))
+        row.addWidget(self.chip_size)
+        row.addWidget(QLabel("Stride"))
+        row.addWidget(self.stride)
+        form.addRow(row)
+        form.addRow(self.build_button)
+        self.checkpoint = QgsFileWidget()
+        self.checkpoint.setStorageMode(QgsFileWidget.GetFile)
+        self.checkpoint.setFilter("Checkpoints (*.pt *.pth);;All files (*)")
+        self.checkpoint.setDialogTitle("SAIG checkpoint")
+        self.checkpoint.lineEdit().setPlaceholderText("as recorded in the index")
+        form.addRow("Checkpoint", self.checkpoint)
+        layout.addWidget(index_box)
+
+        run_box = QGroupBox("Photos")
+        form = QFormLayout(run_box)
+        self.photos = QgsFileWidget()
+        self.photos.setStorageMode(QgsFileWidget.GetMultipleFiles)
+        self.photos.setFilter("Photos (*.jpg *.jpeg *.png *.tif *.tiff *.JPG *.JPEG *.PNG);;All files (*)")
+        self.photos.setDialogTitle("Ground photos")
+        form.addRow("Photos", self.photos)
+        self.top_k = QgsSpinBox()
+        self.top_k.setRange(1, 1000)
+        self.top_k.setClearValue(20)
+        self.top_k.setValue(20)
+        self.device = QComboBox()
+        self.device.addItems(["Auto", "CUDA", "CPU"])
+        self.device.setToolTip("\n".join(DEVICE_LABELS))
+        row = QHBoxLayout()
+        row.addWidget(self.top_k)
+        row.addWidget(QLabel("Device"))
+        row.addWidget(self.device, 1)
+        form.addRow("Top-k", row)
+        self.use_prior = QCheckBox("Within")
+        self.prior_radius = QgsDoubleSpinBox()
+        self.prior_radius.setRange(1, 1e7)
+        self.prior_radius.setDecimals(0)
+        self.prior_radius.setSuffix(" m of EXIF position")
+        self.prior_radius.setValue(1000)
+        self.prior_radius.setEnabled(False)
+        row = QHBoxLayout()
+        row.addWidget(self.use_prior)
+        row.addWidget(self.prior_radius, 1)
+        form.addRow("Prior", row)
+        self.results_dir = QgsFileWidget()
+        self.results_dir.setStorageMode(QgsFileWidget.GetDirectory)
+        self.results_dir.lineEdit().setPlaceholderText("temporary")
+        form.addRow("Save results in", self.results_dir)
+        layout.addWidget(run_box)
+
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        row.addWidget(self.run_button)
+        row.addWidget(self.cancel_button)
+        row.addWidget(self.progress, 1)
+        layout.addLayout(row)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+
+        self.table = QTableWidget(0, len(TABLE_COLUMNS))
+        self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setIconSize(THUMB_SIZE)
+        self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(THUMB_SIZE.height() + 4)
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        for col in range(1, len(TABLE_COLUMNS)):
+            self.table.horizontalHeader().setSectionResizeMode(col, QHeaderView.ResizeToContents)
+        layout.addWidget(self.table, 1)
+        self.setWidget(body)
+
+        self.check_backend_button.clicked.connect(self.check_backend)
+        self.build_button.clicked.connect(self.build_index)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.use_prior.toggled.connect(self.prior_radius.setEnabled)
+        self.table.itemSelectionChanged.connect(self._zoom_to_selected_row)
+        self.backend_python.fileChanged.connect(self._backend_changed)
+
+    def _restore_settings(self) -> None:
+        s = QgsSettings()
+        self.backend_python.setFilePath(configured_python())
+        self._show_backend_placeholder()
+        self.index_dir.setFilePath(s.value(SETTINGS_PREFIX + "index", "", type=str))
+        self.checkpoint.setFilePath(s.value(SETTINGS_PREFIX + "checkpoint", "", type=str))
+        self.top_k.setValue(s.value(SETTINGS_PREFIX + "top_k", 20, type=int))
+        self.device.setCurrentIndex(s.value(SETTINGS_PREFIX + "device", 0, type=int))
+
+    def _save_settings(self) -> None:
+        s = QgsSettings()
+        s.setValue(SETTINGS_PREFIX + "index", self.index_dir.filePath())
+        s.setValue(SETTINGS_PREFIX + "checkpoint", self.checkpoint.filePath())
+        s.setValue(SETTINGS_PREFIX + "top_k", self.top_k.value())
+        s.setValue(SETTINGS_PREFIX + "device", self.device.currentIndex())
+
+    def _backend_changed(self, path: str) -> None:
+        set_configured_python(path)
+        self._show_backend_placeholder()
+
+    def _show_backend_placeholder(self) -> None:
+        try:
+            found = locate_backend()
+            text = f"auto: {found.executable}"
+        except BackendError:
+            text = "not found: choose the backend's Python"
+        self.backend_python.lineEdit().setPlaceholderText(text)
+
+    def _message(self, title: str, text: str, level=Qgis.Info, duration: int = 8) -> None:
+        self.status.setText(f"{title}: {text}" if text else title)
+        self.message_bar.pushMessage(title, text, level, duration)
+
+    # -- backend check ----------------------------------------------------------------------
+
+    def check_backend(self) -> None:
+        """Ask the backend for its version, torch, device and the checkpoint's model (background task)."""
+        try:
+            location = locate_backend()
+        except BackendError as e:
+            self.backend_status.setText(str(e))
+            self._message("SAIG backend", str(e), Qgis.Critical, 0)
+            self.backend_checked.emit(False, str(e))
+            return
+        checkpoint = self.checkpoint.filePath()
+        device = ("auto", "cuda", "cpu")[self.device.currentIndex()]
+        self.backend_status.setText("checking…")
+        self.check_backend_button.setEnabled(False)
+
+        def work(task):
+            return backend_info(location, checkpoint if os.path.isfile(checkpoint) else "", device)
+
+        def done(exception, result=None):
+            self.check_backend_button.setEnabled(True)
+            self.info_task = None
+            if exception is not None or result is None:
+                text = str(exception) if exception is not None else "no answer"
+                self.backend_status.setText(text)
+                self._message("SAIG backend", text, Qgis.Critical, 0)
+                self.backend_checked.emit(False, text)
+                return
+            text = describe_backend_info(result)
+            self.backend_status.setText(f"{text}\n{location.executable}")
+            self._message("SAIG backend", text, Qgis.Success)
+            self.backend_checked.emit(True, text)
+
+        self.info_task = QgsTask.fromFunction("Check SAIG backend", work, on_finished=done)
+        QgsApplication.taskManager().addTask(self.info_task)
+
+    # -- running algorithms -----------------------------------------------------------------
+
+    def _start(self, algorithm_id: str, parameters: dict, kind: str, **extra) -> bool:
+        algorithm = QgsApplication.processingRegistry().createAlgorithmById(algorithm_id)
+        if algorithm is None:
+            self._message("SAIG", f"The Processing algorithm {algorithm_id} is not registered.", Qgis.Critical)
+            return False
+        context = QgsProcessingContext()
+        context.setProject(QgsProject.instance())
+        feedback = _Feedback()
+        feedback.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
+        task = QgsProcessingAlgRunnerTask(algorithm, parameters, context, feedback)
+        self.job = _Job(task, context, feedback, kind, extra)
+        task.executed.connect(partial(self._executed, self.job))
+        self._set_running(True)
+        QgsApplication.taskManager().addTask(task)
+        return True
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.build_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        if running:
+            self.progress.setValue(0)
+
+    def cancel(self) -> None:
+        """Stop the running job: the backend is terminated, nothing is written or loaded."""
+        if self.job is not None:
+            self.status.setText("Canceling…")
+            self.job.feedback.cancel()
+
+    def is_running(self) -> bool:
+        return self.job is not None
+
+    def _executed(self, job: _Job, ok: bool, results: dict) -> None:
+        self.job = None
+        self._set_running(False)
+        signal = self.run_finished if job.kind == "locate" else self.build_finished
+        if job.feedback.isCanceled():
+            self.progress.setValue(0)
+            self._message("SAIG", "Canceled: nothing was written or added to the map.", Qgis.Info)
+            signal.emit(False, "canceled")
+            return
+        if not ok:
+            text = _last_error(job.feedback.errors) or "The algorithm failed (see the Processing log)."
+            self.progress.setValue(0)
+            self._message("SAIG failed", text, Qgis.Critical, 0)
+            signal.emit(False, text)
+            return
+        self.progress.setValue(100)
+        if job.kind == "build":
+            self.index_dir.setFilePath(results["OUTPUT_DIR"])
+            self._save_settings()
+            text = f"index {results['OUTPUT_DIR']} with {int(results.get('CHIP_COUNT') or 0)} chips"
+            self._message("SAIG index built", text, Qgis.Success)
+            signal.emit(True, text)
+            return
+        text = self.show_results(results)
+        failed = int(results.get("PHOTOS_FAILED") or 0)
+        if failed:
+            self._message("SAIG", f"{text}; {failed} photo(s) failed: {_last_error(job.feedback.errors)}",
+                          Qgis.Warning, 0)
+        else:
+            self._message("SAIG", text, Qgis.Success)
+        signal.emit(True, text)
+
+    def build_index(self) -> None:
+        """Build an index from the raster layers selected in the Layers panel, then use it."""
+        rasters = [layer for layer in self.selected_layers() if isinstance(layer, QgsRasterLayer)]
+        if not rasters:
+            self._message("SAIG", "Select one or more orthophoto raster layers in the Layers panel first.",
+                          Qgis.Warning)
+            return
+        checkpoint = self.checkpoint.filePath()
+        if not os.path.isfile(checkpoint):
+            self._message("SAIG", "Choose the checkpoint to encode the index with.", Qgis.Warning)
+            return
+        target = self.index_dir.filePath()
+        if not target or (os.path.isdir(target) and os.listdir(target)):
+            target = QFileDialog.getSaveFileName(self, "New index folder", target or os.path.expanduser("~"))[0]
+            if not target:
+                return
+        params = {"INPUT": [layer.id() for layer in rasters], "CHECKPOINT": checkpoint,
+                  "CHIP_SIZE_M": self.chip_size.value(), "STRIDE_M": self.stride.value(),
+                  "DEVICE": self.device.currentIndex(), "OUTPUT_DIR": target}
+        if self._start("saig:buildindex", params, "build"):
+            self.status.setText(f"Building index from {len(rasters)} raster(s)…")
+
+    def run(self) -> None:
+        """Geolocate the chosen photos (background task); results are loaded when it succeeds."""
+        photos = [p for p in QgsFileWidget.splitFilePaths(self.photos.filePath()) if p]
+        index = self.index_dir.filePath()
+        if not photos:
+            self._message("SAIG", "Choose one or more photos.", Qgis.Warning)
+            return
+        if not index or not os.path.isdir(index):
+            self._message("SAIG", "Choose a reference index folder, or build one from raster layers.",
+                          Qgis.Warning)
+            return
+        self._save_settings()
+        base = self.results_dir.filePath() or QgsProcessingUtils.tempFolder()
+        os.makedirs(base, exist_ok=True)
+        run_dir = tempfile.mkdtemp(prefix=time.strftime("saig_%Y%m%d_%H%M%S_"), dir=base)
+        params = {
+            "PHOTOS": photos, "INDEX": index, "CHECKPOINT": self.checkpoint.filePath() or None,
+            "TOP_K": self.top_k.value(), "DEVICE": self.device.currentIndex(),
+            "PRIOR_RADIUS_M": self.prior_radius.value() if self.use_prior.isChecked() else None,
+            "OUTPUT": os.path.join(run_dir, "candidates.gpkg"),
+            "EXIF_OUTPUT": os.path.join(run_dir, "exif_positions.gpkg"),
+            "HEATMAP_DIR": os.path.join(run_dir, "heatmaps"),
+        }
+        if self._start("saig:geolocatephotos", params, "locate", run_dir=run_dir):
+            self.status.setText(f"Geolocating {len(photos)} photo(s)…")
+
+    # -- results ----------------------------------------------------------------------------
+
+    def show_results(self, results: dict) -> str:
+        """Add a geolocation run's outputs to the project (styled), fill the table, zoom to the best."""
+        project = QgsProject.instance()
+        group = project.layerTreeRoot().insertGroup(0, time.strftime("SAIG results %H:%M:%S"))
+        candidates = QgsVectorLayer(results["OUTPUT"], "SAIG candidates", "ogr")
+        styles.style_candidates(candidates)
+        project.addMapLayer(candidates, False)
+        group.addLayer(candidates)
+        self.exif_layer = None
+        if results.get("EXIF_OUTPUT"):
+            exif = QgsVectorLayer(results["EXIF_OUTPUT"], "SAIG EXIF positions", "ogr")
+            if exif.isValid() and exif.featureCount() > 0:
+                styles.style_exif(exif)
+                project.addMapLayer(exif, False)
+                group.addLayer(exif)
+                self.exif_layer = exif
+        self.heatmap_layers = []
+        for path in results.get("HEATMAPS") or []:
+            layer = QgsRasterLayer(path, f"SAIG heatmap {os.path.splitext(os.path.basename(path))[0]}")
+            if not layer.isValid():
+                continue
+            styles.style_heatmap(layer)
+            project.addMapLayer(layer, False)
+            group.addLayer(layer)
+            self.heatmap_layers.append(layer)
+        self.candidates_layer = candidates
+        self._fill_table(candidates)
+        self.zoom_to_best()
+        photos = int(results.get("PHOTOS_LOCATED") or 0)
+        return f"{photos} photo(s) located, {candidates.featureCount()} candidates"
+
+    def _fill_table(self, layer: QgsVectorLayer) -> None:
+        self.table.blockSignals(True)
+        self.table.setRowCount(0)
+        thumbs: dict[str, QIcon] = {}
+        request = QgsFeatureRequest()
+        for feature in layer.getFeatures(request):
+            row = self.table.rowCount()
+            self.table.insertRow(row)
+            photo = str(feature["photo"])
+            if photo not in thumbs:
+                thumbs[photo] = _thumbnail(photo)
+            first = QTableWidgetItem(thumbs[photo], str(feature["photo_name"]))
+            first.setData(Qt.UserRole, feature.id())
+            first.setToolTip(photo)
+            self.table.setItem(row, 0, first)
+            distance = feature["distance_m"]
+            values = (str(feature["rank"]), f"{float(feature['score']):.3f}",
+                      "" if distance is None or str(distance) == "NULL" else f"{float(distance):.0f}",
+                      f"{float(feature['lon']):.6f}", f"{float(feature['lat']):.6f}")
+            for col, value in enumerate(values, start=1):
+                item = QTableWidgetItem(value)
+                item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                self.table.setItem(row, col, item)
+        self.table.blockSignals(False)
+
+    def _zoom_to_selected_row(self) -> None:
+        rows = self.table.selectionModel().selectedRows()
+        if rows:
+            self.zoom_to_candidate(self.table.item(rows[0].row(), 0).data(Qt.UserRole))
+
+    def zoom_to_candidate(self, fid: int) -> None:
+        """Centre the map on one candidate (keeping the scale), select it and flash it."""
+        layer = self.candidates_layer
+        if layer is None:
+            return
+        feature = layer.getFeature(fid)
+        point = self._to_canvas().transform(feature.geometry().asPoint())
+        self.canvas.setCenter(point)
+        self.canvas.refresh()
+        layer.selectByIds([fid])
+        self.canvas.flashFeatureIds(layer, [fid])
+
+    def zoom_to_best(self) -> None:
+        """Show the first photo's candidates and centre on its best one (table row 0)."""
+        layer = self.candidates_layer
+        if layer is None or self.table.rowCount() == 0:
+            return
+        first_photo = self.table.item(0, 0).toolTip()
+        extent = QgsRectangle()
+        extent.setMinimal()
+        xform = self._to_canvas()
+        for feature in layer.getFeatures():
+            if str(feature["photo"]) == first_photo:
+                extent.combineExtentWith(xform.transform(feature.geometry().asPoint()))
+        if not extent.isEmpty():
+            extent.scale(1.3)
+            self.canvas.setExtent(extent)
+        self.table.selectRow(0)
+
+    def _to_canvas(self) -> QgsCoordinateTransform:
+        layer = self.candidates_layer
+        destination = self.canvas.mapSettings().destinationCrs()
+        if not destination.isValid():
+            destination = QgsProject.instance().crs()
+        if not destination.isValid():
+            destination = layer.crs()
+            self.canvas.setDestinationCrs(destination)
+        return QgsCoordinateTransform(layer.crs(), destination, QgsProject.instance())
+
+
+def _thumbnail(path: str) -> QIcon:
+    """A small, aspect-preserving thumbnail read without decoding the whole photo at full size."""
+    reader = QImageReader(path)
+    reader.setAutoTransform(True)
+    size = reader.size()
+    if size.isValid():
+        reader.setScaledSize(size.scaled(THUMB_SIZE, Qt.KeepAspectRatio))
+    image = reader.read()
+    if image.isNull():
+        return QIcon()
+    return QIcon(QPixmap.fromImage(image))
+
+
+def _last_error(errors: list[str]) -> str:
+    meaningful = [e for e in errors if e.strip()]
+    return meaningful[-1].strip() if meaningful else ""
