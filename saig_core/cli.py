@@ -38,6 +38,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
     p.set_defaults(func=cmd_convert_official)
 
+    p = sub.add_parser("export-onnx", help="export both branches as ONNX graphs (ground.onnx, aerial.onnx)")
+    p.add_argument("checkpoint", help="project, authors' or ImageNet checkpoint file")
+    p.add_argument("out_dir", help="output folder (created; existing graphs are replaced)")
+    add_size_args(p)
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip comparing ONNX Runtime's descriptors with PyTorch's")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.set_defaults(func=cmd_export_onnx)
+
+    p = sub.add_parser("backend-info", help="report the engine: version, torch, device (and a checkpoint's model)")
+    p.add_argument("--checkpoint", default=None, help="also load this checkpoint and describe its model")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when present, then MPS, else CPU), cpu, cuda, cuda:N or mps")
+    add_size_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.set_defaults(func=cmd_backend_info)
+
 
 def add_size_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ground-size", type=_size, default=None, metavar="HxW",
@@ -90,6 +107,44 @@ def cmd_convert_official(args: argparse.Namespace, reporter: Reporter) -> int:
     return 0
 
 
+def cmd_export_onnx(args: argparse.Namespace, reporter: Reporter) -> int:
+    from pathlib import Path
+
+    from .checkpoint import load_checkpoint
+    from .onnx_export import export_onnx, verify_export
+
+    model = load_checkpoint(args.checkpoint, ground_size=args.ground_size, aerial_size=args.aerial_size)
+    manifest = export_onnx(model, args.out_dir, checkpoint=Path(args.checkpoint).name)
+    result = {"output": args.out_dir, "files": [b["file"] for b in manifest["branches"].values()],
+              "fingerprint": manifest["fingerprint"], "descriptor_dim": manifest["descriptor_dim"]}
+    if args.verify:
+        result["max_abs_diff"] = verify_export(model, args.out_dir)
+        reporter.log(f"ONNX Runtime matches PyTorch (max |difference| {result['max_abs_diff']:.2e})")
+    if args.json or reporter.json:
+        reporter.emit("result", **result)
+    else:
+        reporter.log(f"wrote {', '.join(result['files'])} and saig-onnx.json to {args.out_dir}")
+    return 0
+
+
+def cmd_backend_info(args: argparse.Namespace, reporter: Reporter) -> int:
+    from .backend import backend_info
+
+    info = backend_info(args.device, args.checkpoint, ground_size=args.ground_size, aerial_size=args.aerial_size)
+    if args.json or reporter.json:
+        reporter.emit("result", **info)
+        return 0
+    print(f"saig         {info['version']}")
+    print(f"torch        {info['torch']} (CUDA {'yes' if info['cuda'] else 'no'})")
+    print(f"device       {info['device']}: {info['device_name']}, precision {info['precision']}")
+    print(f"onnxruntime  {info['onnxruntime'] or 'not installed'}")
+    if info["model"]:
+        m = info["model"]
+        print(f"model        {m['preset']} {m['pool']}, {m['descriptor_dim']}-d, {m['parameters']:,} parameters, "
+              f"fingerprint {m['fingerprint'][:16]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saig", description="SAIG cross-view geo-localisation: where was this photo taken?")
     parser.add_argument("--version", action="version", version=f"saig {__version__}")
@@ -115,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         reporter.error(str(e), kind=type(e).__name__, file=getattr(e, "filename", None))
+        if getattr(args, "json", False) and not reporter.json:  # --json callers read errors on stdout too
+            reporter.emit("error", message=str(e), kind=type(e).__name__, file=getattr(e, "filename", None))
         return 1
 
 
