@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size-m", type=float, default=2000.0, help="world side in metres (default 2000)")
     p.add_argument("--resolution-m", type=float, default=0.5, help="ground sampling distance in metres (default 0.5)")
     p.add_argument("--origin", type=_lonlat, default=(11.0, 48.0), metavar="LON,LAT",
-                   help="the world's centre in EPSG:4326 degrees (default 11.0,48.0: UTM zone 32N)")
+                   help="the world's centre in EPSG:4326 degrees (default 11.0,48.0: UTM zone 32N; write "
+                        "--origin=-70.5,-33.4 for negative values)")
     p.add_argument("--crs", default=None, help="grid CRS, projected in metres (default: the UTM zone of --origin)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--photos", type=int, default=200, help="360° panoramas to shoot (default 200)")

@@ -44,11 +44,11 @@ def synthesize_world(config: WorldConfig, out: str | Path, plan: PhotoPlan = Pho
     All positions lie on roads, at least ``plan.margin_m`` inside the world's edge.
     """
     out = Path(out)
-    (out / "photos").mkdir(parents=True, exist_ok=True)
     with _task(reporter, "world", 1) as t:
         world = io.make_world(config)
         renderer = Renderer(world)
         t.update(1)
+    (out / "photos").mkdir(parents=True, exist_ok=True)
     with _task(reporter, "rasters", 2) as t:
         io.write_orthophoto(out / "orthophoto.tif", world, renderer.ortho)
         t.update(1)

@@ -27,7 +27,11 @@ def make_world(config: WorldConfig) -> World:
     from pyproj import CRS, Transformer
 
     crs = world_crs(config)
-    if not CRS.from_user_input(crs).is_projected:
+    try:
+        projected = CRS.from_user_input(crs).is_projected
+    except Exception as e:  # pyproj's CRSError: an unknown or malformed CRS string
+        raise ValueError(f"the world's CRS {crs!r} is not a valid CRS ({e})") from None
+    if not projected:
         raise ValueError(f"the world's CRS must be projected in metres, got {crs}")
     to_grid = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
     cx, cy = to_grid.transform(config.center_lon, config.center_lat)

@@ -382,7 +382,7 @@ def _place_buildings(rng, config, block_type, u_lines, u_width, v_lines, v_width
                         facade = _FACADE_PALETTE[rng.integers(len(_FACADE_PALETTE))] * rng.uniform(0.85, 1.15, 3)
                         out.append(Building(
                             x=float(bx), y=float(by), length_m=float(along), width_m=float(across),
-                            angle_deg=float(theta + 90.0), height_m=float(min(height, 60.0)),
+                            angle_deg=float(theta), height_m=float(min(height, 60.0)),
                             base_m=float(terrain[row, col]),
                             roof_rgb=tuple(int(c) for c in np.clip(roof, 0, 255)),
                             facade_rgb=tuple(int(c) for c in np.clip(facade, 0, 255)),
@@ -421,7 +421,8 @@ def _draw_building(b: Building, dsm, kind, albedo, side, lx, ly, res, half, west
         colour[parapet] *= 0.75
         top[parapet] += 0.5
     d = dsm[r0:r1, c0:c1]
-    d[inside] = np.maximum(d[inside], top[inside])
+    inside &= top >= d            # where lots touch, the taller roof is what is seen
+    d[inside] = top[inside]
     kind[r0:r1, c0:c1][inside] = BUILDING
     albedo[r0:r1, c0:c1][inside] = colour[inside]
     side[r0:r1, c0:c1][inside] = b.facade_rgb

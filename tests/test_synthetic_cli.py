@@ -1,0 +1,92 @@
+"""`saig synth` as a user runs it: geotagged photos whose EXIF equals truth.csv, pairs the trainer reads."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import ExifTags, Image
+from pyproj import Transformer
+
+from tiling.synthetic import io
+
+SAIG = [sys.executable, "-m", "saig_core"]
+
+
+def run_saig(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*SAIG, *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "world"
+    proc = run_saig("--progress", "json", "synth", "--seed", "11", "--size-m", "300", "--origin=-70.5,-33.4",
+                    "--photos", "3", "--fov-photos", "3", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["event"] == "result" and result["photos"] == 6
+    assert result["crs"] == "EPSG:32719"                      # UTM 19 south: W and S refs get exercised
+    return out
+
+
+def _degrees(dms, ref: str) -> float:
+    d, m, s = (float(v) for v in dms)
+    value = d + m / 60 + s / 3600
+    return -value if ref in ("S", "W") else value
+
+
+def test_each_photos_exif_position_and_heading_equal_its_truth_row(world_dir):
+    rows = io.read_truth(world_dir / "truth.csv")
+    assert [r.kind for r in rows] == ["panorama"] * 3 + ["photo"] * 3
+    for row in rows:
+        with Image.open(world_dir / row.file) as im:
+            exif = im.getexif()
+            gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+            size = im.size
+        assert gps[ExifTags.GPS.GPSLatitudeRef] == "S" and gps[ExifTags.GPS.GPSLongitudeRef] == "W"
+        lat = _degrees(gps[ExifTags.GPS.GPSLatitude], gps[ExifTags.GPS.GPSLatitudeRef])
+        lon = _degrees(gps[ExifTags.GPS.GPSLongitude], gps[ExifTags.GPS.GPSLongitudeRef])
+        assert lat == pytest.approx(row.lat, abs=1e-7) and lon == pytest.approx(row.lon, abs=1e-7), row.file
+        assert gps[ExifTags.GPS.GPSImgDirectionRef] == "T"
+        assert float(gps[ExifTags.GPS.GPSImgDirection]) == pytest.approx(row.heading, abs=0.006)
+        focal = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.FocalLengthIn35mmFilm)
+        if row.kind == "panorama":
+            assert size == (512, 128) and row.heading == 180.0 and focal is None
+        else:
+            assert size == (512, 288) and focal == 18            # 90 degrees on a 36 mm frame
+
+
+def test_truth_grid_coordinates_and_lonlat_agree(world_dir):
+    meta = json.loads((world_dir / "world.json").read_text())
+    to_geo = Transformer.from_crs(meta["crs"], "EPSG:4326", always_xy=True)
+    w, s, e, n = meta["bounds"]
+    for row in io.read_truth(world_dir / "truth.csv"):
+        lon, lat = to_geo.transform(row.x, row.y)
+        assert lon == pytest.approx(row.lon, abs=1e-7) and lat == pytest.approx(row.lat, abs=1e-7)
+        assert w + 40 <= row.x <= e - 40 and s + 40 <= row.y <= n - 40
+
+
+def test_pairs_are_written_in_the_layout_the_trainer_reads(tmp_path):
+    from saig_core.datasets import load_pairs_csv
+
+    proc = run_saig("synth", "--seed", "5,6", "--size-m", "200", "--pairs", "3", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    split = load_pairs_csv(tmp_path / "pairs.csv")
+    assert len(split) == 6
+    with Image.open(split.ground[0]) as g, Image.open(split.aerial[0]) as a:
+        assert g.size == (512, 128) and a.size == (128, 128)     # 64 m chips at 0.5 m/px
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "1,2", "--size-m", "200"], "one --seed"),
+    (["--seed", "1", "--size-m", "200", "--photos", "-1"], "must not be negative"),
+    (["--seed", "1", "--size-m", "50"], "size_m"),
+    (["--seed", "1", "--size-m", "200", "--crs", "EPSG:4326"], "projected"),
+])
+def test_bad_arguments_fail_with_a_clear_message_and_write_nothing(tmp_path, args, message):
+    out = tmp_path / "w"
+    proc = run_saig("synth", *args, "--out", str(out))
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "orthophoto.tif").exists()
