@@ -19,6 +19,7 @@ from .version import __version__
 
 COMMAND_MODULES = (
     "saig_core.cli",
+    "saig_core.train_cli",
     "tiling.cli",
     "tiling.synthetic.cli",
 )
