@@ -1,0 +1,393 @@
+"""``saig index build`` / ``saig index info``: the self-describing, atomic, resumable reference index.
+
+An index is a folder::
+
+    INDEX_DIR/index.faiss     FAISS index over L2-normalised aerial descriptors (inner product)
+    INDEX_DIR/chips.gpkg      the chip manifest (layer "chips"; faiss_id = row in the index)
+    INDEX_DIR/metadata.json   model fingerprint/config/checkpoint, chip parameters, grid CRS, counts,
+                              software version, sources, and the sha256 of every other file
+
+Atomic: everything is built in a hidden sibling ``.INDEX_DIR.partial`` and renamed into place with
+``os.replace`` only when complete. Resumable: encoded chips are committed in shards
+(``shards/shard-NNNNN.npz``, each written to a temporary name and renamed), each recording the
+position in the run's deterministic candidate order up to which it is complete; a restarted build
+with the same inputs, parameters and model continues after the last committed shard, so no chip is
+lost or duplicated whatever the moment it was killed (kill -9 included). A partial build made with
+other inputs or parameters is discarded (and said so).
+
+Reading/resampling runs in a background thread that prepares whole batches while the encoder
+works on the previous one (a bounded queue of :data:`PREFETCH` batches).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from saig_core.errors import SaigError
+from saig_core.progress import Reporter
+from saig_core.version import __version__
+
+from . import search
+from .chips import ChipParams, ChipPlanner, ChipReader, NoChipError, RasterError, iter_chips
+from .manifest import chip_records, write_manifest
+from .tile import close_sources, plan_run, report_raster_error
+
+FORMAT = "saig-index"
+FORMAT_VERSION = 1
+PREFETCH = 3
+INDEX_FILE, MANIFEST_FILE, METADATA_FILE = "index.faiss", "chips.gpkg", "metadata.json"
+
+
+class IndexFolderError(SaigError, ValueError):
+    """An index folder that is missing, incomplete, corrupt or inconsistent (message names the file)."""
+
+    def __init__(self, message: str, filename: str | os.PathLike | None = None) -> None:
+        super().__init__(message)
+        self.filename = str(filename) if filename is not None else None
+
+
+@dataclass
+class BuildOptions:
+    checkpoint: str
+    device: str = "auto"
+    batch_size: int = 32
+    index_type: str = "auto"
+    overwrite: bool = False
+    shard_chips: int = 1024  # chips per committed shard: the granularity of resume
+
+
+@dataclass
+class BuildResult:
+    index: Path
+    count: int
+    crs: str
+    fingerprint: str
+    failed: list[str] = field(default_factory=list)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _run_key(planner: ChipPlanner, params: ChipParams, fingerprint: str) -> str:
+    """Identity of a build: the same key means a partial build can be resumed."""
+    sources = []
+    for s in planner.sources:
+        st = s.path.stat()
+        sources.append([str(s.path.resolve()), st.st_size, st.st_mtime_ns])
+    blob = json.dumps({"sources": sources, "params": params.to_dict(), "fingerprint": fingerprint,
+                       "grid": planner.grid.crs_string}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class _Progress:
+    """What committed shards hold: the resume state."""
+
+    shards: list[Path] = field(default_factory=list)
+    next_seq: int = 0
+    count: int = 0
+    skipped: int = 0
+    taken: set = field(default_factory=set)
+    failed_sources: set = field(default_factory=set)
+
+
+def _load_progress(shard_dir: Path) -> _Progress:
+    prog = _Progress()
+    for path in sorted(shard_dir.glob("shard-*.npz")):
+        with np.load(path, allow_pickle=False) as z:
+            records = json.loads(str(z["records"]))
+            prog.next_seq = int(z["next_seq"])
+            prog.skipped += int(z["skipped"])
+            prog.failed_sources |= set(int(v) for v in z["failed_sources"])
+        prog.count += len(records)
+        prog.taken |= {(r["row"], r["col"]) for r in records}
+        prog.shards.append(path)
+    return prog
+
+
+def _write_shard(shard_dir: Path, number: int, desc: np.ndarray, records: list[dict], next_seq: int,
+                 skipped: int, failed_sources: set[int]) -> Path:
+    path = shard_dir / f"shard-{number:05d}.npz"
+    tmp = shard_dir / f".shard-{number:05d}.tmp-{os.getpid()}.npz"
+    with open(tmp, "wb") as f:
+        np.savez(f, descriptors=desc.astype(np.float32), records=np.array(json.dumps(records)),
+                 next_seq=np.array(next_seq), skipped=np.array(skipped),
+                 failed_sources=np.array(sorted(failed_sources), dtype=np.int64))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _reader_thread(planner: ChipPlanner, start_seq: int, taken: set, failed: set, batch_size: int,
+                   out: queue.Queue, stop: threading.Event) -> None:
+    """Produce ("batch", chips, uint8 (B,H,W,3), next_seq, skipped), ("source_error", e, k), ("end", seq)."""
+    skipped = 0
+
+    def on_skip(_chip) -> None:
+        nonlocal skipped
+        skipped += 1
+
+    def on_source_error(e: RasterError, k: int) -> None:
+        out.put(("source_error", e, k))
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        with ChipReader(planner) as reader:
+            chips, arrays = [], []
+            for chip, rgb in iter_chips(planner, reader, start_seq, taken, frozenset(failed), on_skip, on_source_error):
+                chips.append(chip)
+                arrays.append(rgb)
+                if len(chips) == batch_size:
+                    if not put(("batch", chips, np.stack(arrays), chips[-1].seq + 1, skipped)):
+                        return
+                    chips, arrays, skipped = [], [], 0
+            if chips:
+                put(("batch", chips, np.stack(arrays), chips[-1].seq + 1, skipped))
+                skipped = 0
+            put(("end", skipped))
+    except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises
+        put(("exception", e))
+
+
+def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str | os.PathLike,
+                opts: BuildOptions, reporter: Reporter, chip_kwargs: dict | None = None) -> BuildResult:
+    """Build (or resume building) an index folder; see the module docstring."""
+    import torch
+
+    from saig_core.checkpoint import load_checkpoint, model_fingerprint
+    from saig_core.device import autocast, describe_device, resolve_device
+    from saig_core.preprocess import MEAN, STD
+
+    out = Path(out)
+    if out.exists() and not opts.overwrite:
+        raise SaigError(f"{out} already exists; pass --overwrite to replace it")
+    if opts.batch_size < 1 or opts.shard_chips < 1:
+        raise SaigError("--batch-size and the shard size must be at least 1")
+    device = resolve_device(opts.device)
+    model = load_checkpoint(opts.checkpoint).to(device).eval()
+    fingerprint = model_fingerprint(model)
+    reporter.log(f"model {model.cfg.preset} ({model.descriptor_dim}-d), fingerprint {fingerprint[:16]}, "
+                 f"encoding on {describe_device(device)}")
+    params = ChipParams(chip_size_m, stride_m, out_size=tuple(model.cfg.aerial_size), **(chip_kwargs or {}))
+    failed: list[str] = []
+    planner = plan_run(paths, params, reporter, failed)
+    try:
+        key = _run_key(planner, params, fingerprint)
+        work = out.with_name(f".{out.name}.partial")
+        shard_dir = work / "shards"
+        state_file = work / "build.json"
+        if work.exists():
+            try:
+                same = json.loads(state_file.read_text())["key"] == key
+            except (OSError, ValueError, KeyError):
+                same = False
+            if not same:
+                reporter.log(f"discarding {work}: a partial build with other inputs or parameters", "warning")
+                shutil.rmtree(work)
+        if not (work / METADATA_FILE).exists():
+            shard_dir.mkdir(parents=True, exist_ok=True)
+            if not state_file.exists():
+                _atomic_write_bytes(state_file, json.dumps({"key": key}).encode())
+            prog = _load_progress(shard_dir)
+            if prog.shards:
+                reporter.log(f"resuming {work}: {prog.count} chips already encoded in {len(prog.shards)} shard(s)")
+            _encode(planner, model, device, prog, shard_dir, opts, reporter, failed,
+                    lambda: autocast(device), MEAN, STD, torch)
+            _finalise(work, planner, params, model, fingerprint, opts, reporter)
+        meta = json.loads((work / METADATA_FILE).read_text())
+        for f in meta["failed_sources"]:
+            if f not in failed:
+                failed.append(f)
+        _publish(work, out)
+        return BuildResult(out, meta["count"], meta["crs"], fingerprint, failed)
+    finally:
+        close_sources(planner.sources)
+
+
+def _encode(planner, model, device, prog: _Progress, shard_dir: Path, opts: BuildOptions, reporter: Reporter,
+            failed: list[str], autocast_ctx, mean: float, std: float, torch) -> None:
+    total = planner.count()
+    q: queue.Queue = queue.Queue(maxsize=PREFETCH)
+    stop = threading.Event()
+    thread = threading.Thread(target=_reader_thread, daemon=True,
+                              args=(planner, prog.next_seq, set(prog.taken), set(prog.failed_sources),
+                                    opts.batch_size, q, stop))
+    pending_desc: list[np.ndarray] = []
+    pending_rec: list[dict] = []
+    pending_skipped = 0
+    number = len(prog.shards)
+    seq = prog.next_seq
+    on_error = report_raster_error(reporter, failed)
+
+    def commit() -> None:
+        nonlocal pending_desc, pending_rec, pending_skipped, number
+        desc = np.concatenate(pending_desc) if pending_desc else np.zeros((0, model.descriptor_dim), np.float32)
+        _write_shard(shard_dir, number, desc, pending_rec, seq, pending_skipped, prog.failed_sources)
+        number += 1
+        pending_desc, pending_rec, pending_skipped = [], [], 0
+
+    thread.start()
+    try:
+        with reporter.task("index", total) as task, torch.inference_mode():
+            task.update(seq)
+            while True:
+                item = q.get()
+                kind = item[0]
+                if kind == "exception":
+                    raise item[1]
+                if kind == "source_error":
+                    on_error(item[1])
+                    prog.failed_sources.add(item[2])
+                    continue
+                if kind == "end":
+                    pending_skipped += item[1]
+                    task.update(total - seq)
+                    seq = total
+                    commit()
+                    break
+                _, chips, batch, next_seq, skipped = item
+                x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255.0).sub_(mean).div_(std)
+                with autocast_ctx():
+                    d = model.encode_aerial(x).float().cpu().numpy()
+                pending_desc.append(d)
+                pending_rec.extend(chip_records(chips))
+                pending_skipped += skipped
+                task.update(next_seq - seq)
+                seq = next_seq
+                if len(pending_rec) >= opts.shard_chips:
+                    commit()
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _iter_shards(shard_dir: Path, drop_sources: set[str]):
+    """(descriptors, records) per shard, with the chips of failed sources removed."""
+    for path in sorted(shard_dir.glob("shard-*.npz")):
+        with np.load(path, allow_pickle=False) as z:
+            desc = z["descriptors"]
+            records = json.loads(str(z["records"]))
+        keep = np.array([r["source"] not in drop_sources for r in records], bool)
+        yield desc[keep], [r for r, k in zip(records, keep) if k]
+
+
+def _finalise(work: Path, planner: ChipPlanner, params: ChipParams, model, fingerprint: str,
+              opts: BuildOptions, reporter: Reporter) -> None:
+    import faiss
+
+    shard_dir = work / "shards"
+    prog = _load_progress(shard_dir)
+    failed_sources = sorted(str(planner.sources[k].path) for k in prog.failed_sources)
+    drop = set(failed_sources)
+    records: list[dict] = []
+    for _, rec in _iter_shards(shard_dir, drop):
+        records.extend(rec)
+    if not records:
+        shutil.rmtree(work)
+        raise NoChipError(f"no valid chip in {', '.join(str(s.path) for s in planner.sources)}: every candidate "
+                          f"chip has less than {params.min_valid:.0%} valid pixels (or the reads failed)")
+    ids = [r["chip_id"] for r in records]
+    if len(set(ids)) != len(ids):
+        raise IndexFolderError(f"{work}: duplicated chip ids in the shards (a bug; delete {work} and rebuild)", work)
+    kind = search.choose_kind(opts.index_type, len(records))
+    reporter.log(f"building a {kind} FAISS index of {len(records)} chips")
+    index = search.build(kind, model.descriptor_dim, len(records),
+                         lambda: (d for d, _ in _iter_shards(shard_dir, drop)))
+    faiss.write_index(index, str(work / f".{INDEX_FILE}.tmp"))
+    os.replace(work / f".{INDEX_FILE}.tmp", work / INDEX_FILE)
+    write_manifest(records, planner.grid.crs_string, work / MANIFEST_FILE)
+    per_source = {str(s.path): 0 for s in planner.sources}
+    for r in records:
+        per_source[r["source"]] += 1
+    grid = planner.grid
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "software_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "count": len(records), "skipped_chips": prog.skipped, "descriptor_dim": model.descriptor_dim,
+        "crs": grid.crs_string,
+        "grid": {"kind": grid.kind, "crs": grid.crs_string, "chip_size": grid.chip_size, "stride": grid.stride,
+                 "origin": list(grid.origin), "zoom": grid.zoom},
+        "chips": params.to_dict(),
+        "model": {"fingerprint": fingerprint, "config": model.cfg.to_dict(),
+                  "checkpoint": str(Path(opts.checkpoint).resolve())},
+        "faiss": {"kind": kind, "factory": search.factory_string(kind, model.descriptor_dim, len(records)),
+                  "metric": "inner_product"},
+        "sources": [{"path": p, "chips": n} for p, n in per_source.items() if p not in drop],
+        "failed_sources": failed_sources,
+        "files": {name: sha256_file(work / name) for name in (INDEX_FILE, MANIFEST_FILE)},
+    }
+    shutil.rmtree(shard_dir)
+    (work / "build.json").unlink(missing_ok=True)
+    _atomic_write_bytes(work / METADATA_FILE, json.dumps(meta, indent=2).encode())
+
+
+def _publish(work: Path, out: Path) -> None:
+    """Move the finished folder into place; an existing one (``--overwrite``) is removed only after."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{int(time.time())}")
+        os.replace(out, old)
+    os.replace(work, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def index_info(index_dir: str | os.PathLike, verify: bool = True) -> dict:
+    """The index's metadata; with ``verify`` every recorded checksum is checked (error names the file)."""
+    index_dir = Path(index_dir)
+    meta_path = index_dir / METADATA_FILE
+    if not index_dir.is_dir():
+        raise IndexFolderError(f"{index_dir}: not an index folder (no such directory)", index_dir)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise IndexFolderError(f"{meta_path}: missing; {index_dir} is not a complete index", meta_path) from None
+    except ValueError as e:
+        raise IndexFolderError(f"{meta_path}: not valid JSON ({e})", meta_path) from None
+    if meta.get("format") != FORMAT:
+        raise IndexFolderError(f"{meta_path}: not a SAIG index metadata file", meta_path)
+    if verify:
+        for name, expected in meta.get("files", {}).items():
+            path = index_dir / name
+            if not path.is_file():
+                raise IndexFolderError(f"{path}: missing (listed in {METADATA_FILE})", path)
+            got = sha256_file(path)
+            if got != expected:
+                raise IndexFolderError(f"{path}: checksum mismatch (expected sha256 {expected[:16]}..., "
+                                  f"got {got[:16]}...): the file was modified or is corrupt", path)
+        meta["verified"] = True
+    meta["path"] = str(index_dir)
+    return meta
