@@ -15,6 +15,10 @@ with the same inputs, parameters and model continues after the last committed sh
 lost or duplicated whatever the moment it was killed (kill -9 included). A partial build made with
 other inputs or parameters is discarded (and said so).
 
+A checkpoint whose metadata says it was trained on polar-transformed aerials
+(``ground_input.polar_aerial``) gets chips cut at twice its aerial input size, then
+polar-transformed to it, as in training.
+
 Reading/resampling runs in a background thread that prepares whole batches while the encoder
 works on the previous one (a bounded queue of :data:`PREFETCH` batches).
 """
@@ -187,7 +191,7 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
     """Build (or resume building) an index folder; see the module docstring."""
     import torch
 
-    from saig_core.checkpoint import load_checkpoint, model_fingerprint
+    from saig_core.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint
     from saig_core.device import autocast, describe_device, resolve_device
     from saig_core.preprocess import MEAN, STD
 
@@ -201,7 +205,12 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
     fingerprint = model_fingerprint(model)
     reporter.log(f"model {model.cfg.preset} ({model.descriptor_dim}-d), fingerprint {fingerprint[:16]}, "
                  f"encoding on {describe_device(device)}")
-    params = ChipParams(chip_size_m, stride_m, out_size=tuple(model.cfg.aerial_size), **(chip_kwargs or {}))
+    # a model trained on polar-transformed aerials gets chips cut at twice its input, then polar-transformed
+    ckpt_meta = read_checkpoint(opts.checkpoint).get("metadata", {}) or {}
+    polar = bool((ckpt_meta.get("ground_input") or {}).get("polar_aerial"))
+    aerial = tuple(model.cfg.aerial_size)
+    chip_px = (2 * aerial[0], 2 * aerial[0]) if polar else aerial
+    params = ChipParams(chip_size_m, stride_m, out_size=chip_px, **(chip_kwargs or {}))
     failed: list[str] = []
     planner = plan_run(paths, params, reporter, failed)
     try:
@@ -225,8 +234,8 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
             if prog.shards:
                 reporter.log(f"resuming {work}: {prog.count} chips already encoded in {len(prog.shards)} shard(s)")
             _encode(planner, model, device, prog, shard_dir, opts, reporter, failed,
-                    lambda: autocast(device), MEAN, STD, torch)
-            _finalise(work, planner, params, model, fingerprint, opts, reporter)
+                    lambda: autocast(device), MEAN, STD, torch, aerial if polar else None)
+            _finalise(work, planner, params, model, fingerprint, opts, reporter, polar)
         meta = json.loads((work / METADATA_FILE).read_text())
         for f in meta["failed_sources"]:
             if f not in failed:
@@ -238,7 +247,10 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
 
 
 def _encode(planner, model, device, prog: _Progress, shard_dir: Path, opts: BuildOptions, reporter: Reporter,
-            failed: list[str], autocast_ctx, mean: float, std: float, torch) -> None:
+            failed: list[str], autocast_ctx, mean: float, std: float, torch,
+            polar_size: tuple[int, int] | None) -> None:
+    from saig_core.transforms import polar_transform
+
     total = planner.count()
     q: queue.Queue = queue.Queue(maxsize=PREFETCH)
     stop = threading.Event()
@@ -280,6 +292,8 @@ def _encode(planner, model, device, prog: _Progress, shard_dir: Path, opts: Buil
                     break
                 _, chips, batch, next_seq, skipped = item
                 x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255.0).sub_(mean).div_(std)
+                if polar_size is not None:
+                    x = torch.stack([polar_transform(xi, polar_size) for xi in x])
                 with autocast_ctx():
                     d = model.encode_aerial(x).float().cpu().numpy()
                 pending_desc.append(d)
@@ -305,7 +319,7 @@ def _iter_shards(shard_dir: Path, drop_sources: set[str]):
 
 
 def _finalise(work: Path, planner: ChipPlanner, params: ChipParams, model, fingerprint: str,
-              opts: BuildOptions, reporter: Reporter) -> None:
+              opts: BuildOptions, reporter: Reporter, polar: bool) -> None:
     import faiss
 
     shard_dir = work / "shards"
@@ -340,7 +354,7 @@ def _finalise(work: Path, planner: ChipPlanner, params: ChipParams, model, finge
         "crs": grid.crs_string,
         "grid": {"kind": grid.kind, "crs": grid.crs_string, "chip_size": grid.chip_size, "stride": grid.stride,
                  "origin": list(grid.origin), "zoom": grid.zoom},
-        "chips": params.to_dict(),
+        "chips": {**params.to_dict(), "polar_aerial": polar},
         "model": {"fingerprint": fingerprint, "config": model.cfg.to_dict(),
                   "checkpoint": str(Path(opts.checkpoint).resolve())},
         "faiss": {"kind": kind, "factory": search.factory_string(kind, model.descriptor_dim, len(records)),

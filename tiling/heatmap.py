@@ -1,0 +1,59 @@
+"""Similarity heatmaps: one Float32 GeoTIFF per photo on the chip grid.
+
+One pixel per lattice step (the stride; the tile size for XYZ grids), in the grid CRS, placed so
+that each pixel is centred exactly on the footprint centre of the chips of its cell: pixel
+``(i, j)`` is centred at ``(cx_min + j * stride, cy_max - i * stride)``. Its value is the maximum
+score of the chips centred there (several rasters' chips could share a cell; the overlap rule keeps
+one, the max makes it well defined anyway). Pixels without a scored chip are nodata
+(:data:`NODATA`). So the heatmap's maximum pixel is the top-1 candidate's chip.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from saig_core.errors import SaigError
+
+NODATA = -9999.0
+MAX_PIXELS = 100_000_000
+
+
+def heatmap_grid(rows: np.ndarray, cols: np.ndarray, grid: dict) -> tuple[object, int, int, int, int]:
+    """(affine transform, height, width, row0, col0) of the heatmap covering these chip cells."""
+    from rasterio.transform import Affine
+
+    s, c = float(grid["stride"]), float(grid["chip_size"])
+    ox, oy = grid["origin"]
+    r0, r1, c0, c1 = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+    height, width = r1 - r0 + 1, c1 - c0 + 1
+    if height * width > MAX_PIXELS:
+        raise SaigError(f"the heatmap would have {height}x{width} pixels (limit {MAX_PIXELS:,}); the chips are too "
+                        "spread out for one raster (use --prior-radius-m)")
+    cx0 = ox + c0 * s + c / 2  # centre of the first column's chips, grid CRS
+    cy0 = oy - r0 * s - c / 2  # centre of the first row's chips, grid CRS
+    transform = Affine(s, 0.0, cx0 - s / 2, 0.0, -s, cy0 + s / 2)
+    return transform, height, width, r0, c0
+
+
+def write_heatmap(path: str | os.PathLike, rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, grid: dict,
+                  crs: str) -> Path:
+    """Write the heatmap GeoTIFF atomically (see the module docstring)."""
+    import rasterio
+
+    path = Path(path)
+    transform, height, width, r0, c0 = heatmap_grid(rows, cols, grid)
+    data = np.full((height, width), -np.inf, np.float32)
+    np.maximum.at(data, (rows - r0, cols - c0), scores.astype(np.float32))
+    data[np.isneginf(data)] = NODATA
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        with rasterio.open(tmp, "w", driver="GTiff", width=width, height=height, count=1, dtype="float32",
+                           crs=crs, transform=transform, nodata=NODATA, compress="deflate") as dst:
+            dst.write(data, 1)
+            dst.set_band_description(1, "similarity (cosine) of the photo to the chip centred on this pixel")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

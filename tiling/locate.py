@@ -1,0 +1,225 @@
+"""``saig locate``: ground photos to ranked candidate locations, a GeoPackage and heatmaps.
+
+Output GeoPackage (written atomically, only when at least one photo was located):
+
+* ``candidates``: points in **EPSG:4326** (chip centres), columns ``photo``, ``rank`` (1 = best),
+  ``score`` (cosine similarity), ``chip_id``, ``faiss_id``, ``lon``, ``lat`` (EPSG:4326), ``x``,
+  ``y`` (the index's grid CRS, named in ``grid_crs``), ``distance_m`` (geodesic, WGS 84, to the
+  photo's EXIF position; null when it has none);
+* ``photos``: one point per photo at its EXIF position (EPSG:4326; no geometry when it has none),
+  with ``heading``, ``heading_ref``, ``input`` (panorama / fov), ``fov_deg``, the top-1 candidate
+  and its distance, and the heatmap path.
+
+``--prior-radius-m R`` restricts the search (and the heatmap) to chips whose centre is within R
+metres (geodesic) of the EXIF position; a photo without a usable position is searched everywhere,
+with a warning. The model must be the one the index was built with (same fingerprint).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from saig_core.errors import SaigError
+from saig_core.progress import Reporter
+
+from . import search
+from .heatmap import write_heatmap
+from .index import INDEX_FILE, MANIFEST_FILE, index_info
+from .photos import GroundInput, PhotoError, collect_photos, read_photo
+
+
+class FingerprintMismatch(SaigError, ValueError):
+    """A checkpoint that is not the model an index was built with."""
+
+
+@dataclass
+class LocateOptions:
+    index: str
+    checkpoint: str | None = None
+    k: int = 20
+    prior_radius_m: float | None = None
+    fov_deg: float | None = None
+    heatmap_dir: str | None = None
+    device: str = "auto"
+    overwrite: bool = False
+    json_lines: bool = False
+
+
+class LoadedIndex:
+    """An index folder loaded for searching: metadata, FAISS index, chip table."""
+
+    def __init__(self, index_dir: str | os.PathLike) -> None:
+        import faiss
+
+        from .manifest import read_manifest
+
+        self.dir = Path(index_dir)
+        self.meta = index_info(self.dir, verify=True)
+        self.faiss = faiss.read_index(str(self.dir / INDEX_FILE))
+        search.set_search_defaults(self.faiss)
+        chips = read_manifest(self.dir / MANIFEST_FILE)
+        if len(chips) != self.faiss.ntotal:
+            raise SaigError(f"{self.dir}: manifest has {len(chips)} chips but the FAISS index {self.faiss.ntotal}")
+        self.chip_id = chips["chip_id"].to_numpy()
+        self.lon, self.lat = chips["lon"].to_numpy(), chips["lat"].to_numpy()
+        self.x, self.y = chips["x"].to_numpy(), chips["y"].to_numpy()
+        self.row, self.col = chips["row"].to_numpy().astype(np.int64), chips["col"].to_numpy().astype(np.int64)
+        self.crs = self.meta["crs"]
+
+
+def load_model_for_index(index: LoadedIndex, checkpoint: str | None, device):
+    """The index's model (checkpoint given or recorded), refusing one with another fingerprint."""
+    from saig_core.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint
+
+    recorded = index.meta["model"]
+    path = checkpoint or recorded.get("checkpoint")
+    if not path:
+        raise SaigError(f"{index.dir}: records no checkpoint; pass --checkpoint")
+    if not Path(path).is_file():
+        raise SaigError(f"checkpoint {path} (recorded in {index.dir / 'metadata.json'}) is missing; pass --checkpoint")
+    model = load_checkpoint(path).to(device).eval()
+    fp = model_fingerprint(model)
+    if fp != recorded["fingerprint"]:
+        raise FingerprintMismatch(
+            f"{path}: model fingerprint {fp[:16]}... does not match the index {index.dir} (built with "
+            f"{recorded['fingerprint'][:16]}... from {recorded.get('checkpoint')}); use that checkpoint or rebuild "
+            "the index with this one")
+    metadata = read_checkpoint(path).get("metadata", {}) or {}
+    return model, GroundInput.from_metadata(tuple(model.cfg.ground_size), metadata)
+
+
+def _fail(reporter: Reporter, opts: LocateOptions, path, message: str) -> None:
+    if opts.json_lines and not reporter.json:
+        reporter.emit("error", file=str(path), message=message)
+        print(f"error: {message}", file=reporter.err, flush=True)
+    else:
+        reporter.error(message, file=str(path))
+
+
+def locate_photos(inputs: list[str], out: str | os.PathLike, opts: LocateOptions, reporter: Reporter) -> int:
+    """Locate every photo; returns the number that failed (each reported as it happens)."""
+    import torch
+    from pyproj import Geod
+
+    from saig_core.device import autocast, resolve_device
+
+    out = Path(out)
+    if out.exists() and not opts.overwrite:
+        raise SaigError(f"{out} already exists; pass --overwrite to replace it")
+    if opts.k < 1:
+        raise SaigError("-k must be at least 1")
+    if opts.prior_radius_m is not None and not opts.prior_radius_m > 0:
+        raise SaigError("--prior-radius-m must be positive")
+    photos = collect_photos(inputs)
+    if not photos:
+        raise SaigError(f"no photo found in {', '.join(map(str, inputs))}")
+    device = resolve_device(opts.device)
+    index = LoadedIndex(opts.index)
+    model, ground = load_model_for_index(index, opts.checkpoint, device)
+    heat_dir = Path(opts.heatmap_dir) if opts.heatmap_dir else None
+    if heat_dir:
+        heat_dir.mkdir(parents=True, exist_ok=True)
+    geod = Geod(ellps="WGS84")
+    cand_rows, photo_rows, failed = [], [], 0
+    with reporter.task("locate", len(photos)) as task:
+        for path in photos:
+            try:
+                row, cands = _locate_one(path, index, model, ground, device, geod, heat_dir, opts, reporter,
+                                         autocast, torch)
+            except (PhotoError, SaigError) as e:
+                failed += 1
+                _fail(reporter, opts, path, str(e))
+            else:
+                photo_rows.append(row)
+                cand_rows.extend(cands)
+            task.update(1)
+    if photo_rows:
+        _write_results(out, cand_rows, photo_rows, index.crs)
+        reporter.log(f"located {len(photo_rows)} photo(s), {failed} failed; wrote {out}")
+    else:
+        reporter.log("no photo could be located; nothing written", "warning")
+    return failed
+
+
+def _locate_one(path: Path, index: LoadedIndex, model, ground: GroundInput, device, geod, heat_dir: Path | None,
+                opts: LocateOptions, reporter: Reporter, autocast, torch) -> tuple[dict, list[dict]]:
+    photo = read_photo(path)
+    for w in photo.exif.warnings:
+        reporter.log(w, "warning")
+    kind, fov = ground.describe(photo, opts.fov_deg)
+    x = ground.tensor(photo, opts.fov_deg)[None].to(device)
+    with torch.inference_mode(), autocast(device):
+        q = model.encode_ground(x).float().cpu().numpy()
+    exif = photo.exif
+    subset = None
+    dist_all = None
+    if exif.has_position:
+        _, _, dist_all = geod.inv(np.full(index.lon.size, exif.lon), np.full(index.lat.size, exif.lat),
+                                  index.lon, index.lat)
+    if opts.prior_radius_m is not None:
+        if dist_all is None:
+            reporter.log(f"{path}: no usable EXIF GPS position; searching all chips (no prior)", "warning")
+        else:
+            subset = np.flatnonzero(dist_all <= opts.prior_radius_m)
+            if subset.size == 0:
+                raise SaigError(f"{path}: no chip of the index lies within {opts.prior_radius_m:g} m of its EXIF "
+                                f"position ({exif.lat:.6f}, {exif.lon:.6f}); nearest is {dist_all.min():.0f} m away")
+    scores, ids = search.search(index.faiss, q, opts.k, subset)
+    scores, ids = scores[0], ids[0]
+    keep = ids >= 0
+    scores, ids = scores[keep], ids[keep]
+    heat_path = None
+    if heat_dir is not None:
+        heat_ids = subset if subset is not None else np.arange(index.faiss.ntotal)
+        heat_scores = search.scores_for(index.faiss, q, heat_ids)[0]
+        heat_path = write_heatmap(heat_dir / f"{path.stem}_heatmap.tif", index.row[heat_ids], index.col[heat_ids],
+                                  heat_scores, index.meta["grid"], index.crs)
+    cands = []
+    for rank, (s, i) in enumerate(zip(scores, ids), start=1):
+        cands.append({
+            "photo": str(path), "rank": rank, "score": float(s), "chip_id": str(index.chip_id[i]), "faiss_id": int(i),
+            "lon": float(index.lon[i]), "lat": float(index.lat[i]), "x": float(index.x[i]), "y": float(index.y[i]),
+            "distance_m": float(dist_all[i]) if dist_all is not None else None, "grid_crs": index.crs,
+        })
+    exif_json = exif.as_json()
+    if opts.json_lines:
+        reporter.emit("result", photo=str(path), exif=exif_json,
+                      candidates=[{k: c[k] for k in ("rank", "score", "chip_id", "lon", "lat", "x", "y", "distance_m")}
+                                  for c in cands],
+                      heatmap=str(heat_path) if heat_path else None)
+    elif cands:
+        top = cands[0]
+        dist = f", {top['distance_m']:.0f} m from EXIF" if top["distance_m"] is not None else ""
+        reporter.log(f"{path}: top-1 {top['chip_id']} at {top['lat']:.6f}, {top['lon']:.6f} "
+                     f"(score {top['score']:.3f}{dist})")
+    top = cands[0] if cands else {}
+    row = {"photo": str(path), "lon": exif.lon, "lat": exif.lat, "heading": exif.heading,
+           "heading_ref": exif.heading_ref, "input": kind, "fov_deg": fov, "top1_chip_id": top.get("chip_id"),
+           "top1_lon": top.get("lon"), "top1_lat": top.get("lat"), "top1_score": top.get("score"),
+           "top1_distance_m": top.get("distance_m"), "heatmap": str(heat_path) if heat_path else None}
+    return row, cands
+
+
+def _write_results(out: Path, cand_rows: list[dict], photo_rows: list[dict], grid_crs: str) -> None:
+    import geopandas as gpd
+    import pandas as pd
+    import shapely
+
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix or '.gpkg'}")
+    try:
+        cdf = pd.DataFrame(cand_rows, columns=["photo", "rank", "score", "chip_id", "faiss_id", "lon", "lat", "x", "y",
+                                               "distance_m", "grid_crs"])
+        cands = gpd.GeoDataFrame(cdf, geometry=shapely.points(cdf["lon"].to_numpy(float), cdf["lat"].to_numpy(float)),
+                                 crs="EPSG:4326")
+        pdf = pd.DataFrame(photo_rows)
+        has = pdf["lon"].notna() & pdf["lat"].notna()
+        geom = [shapely.Point(lo, la) if h else None for lo, la, h in zip(pdf["lon"], pdf["lat"], has)]
+        photos = gpd.GeoDataFrame(pdf, geometry=geom, crs="EPSG:4326")
+        cands.to_file(tmp, layer="candidates", driver="GPKG", engine="pyogrio")
+        photos.to_file(tmp, layer="photos", driver="GPKG", engine="pyogrio")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
