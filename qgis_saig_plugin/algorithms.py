@@ -251,8 +251,11 @@ class BuildIndexAlgorithm(SaigAlgorithm):
         out_dir = self.parameterAsFileOutput(parameters, self.OUTPUT_DIR, context)
         if not out_dir:
             raise QgsProcessingException(tr("Choose an index folder."))
-        if os.path.isfile(out_dir):
-            raise QgsProcessingException(tr("The index folder {} is an existing file.").format(out_dir))
+        if os.path.isfile(out_dir) or (os.path.isdir(out_dir) and os.listdir(out_dir)):
+            raise QgsProcessingException(tr(
+                "{} already exists and is not empty: choose a new index folder (or delete the old one).").format(out_dir))
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # an empty folder (e.g. made by the dialog): the backend creates it when complete
         scratch = self.scratch_folder()
         try:
             run = self.backend(["index", "build", *rasters, "--checkpoint", checkpoint, "--chip-size-m", size,

@@ -10,6 +10,7 @@ and a reference index built by the real ``saig index build``.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -44,10 +45,23 @@ if QGIS_PLUGINS not in sys.path:
 _PROFILE = tempfile.mkdtemp(prefix="saig-qgis-profile-")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """Our own temporary root: other developers' pytest runs prune the shared /tmp/pytest-of-* folders."""
+    if not config.option.basetemp:
+        config.option.basetemp = tempfile.mkdtemp(prefix="saig-plugin-tests-")
+        config._saig_basetemp = config.option.basetemp
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_saig_basetemp", None):
+        shutil.rmtree(config._saig_basetemp, ignore_errors=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def qgis_app():
     """One QgsApplication (GUI enabled, offscreen) with Processing and the SAIG provider, for the session."""
-    from qgis.core import QgsApplication
+    from qgis.core import QgsApplication, QgsProject
 
     QgsApplication.setPrefixPath("/usr", True)
     app = QgsApplication([], True, _PROFILE)
@@ -61,6 +75,10 @@ def qgis_app():
     QgsApplication.processingRegistry().addProvider(provider)
     yield app
     QgsApplication.processingRegistry().removeProvider(provider)
+    QgsProject.instance().clear()
+    gc.collect()
+    app.processEvents()
+    app.exitQgis()
     shutil.rmtree(_PROFILE, ignore_errors=True)
 
 
@@ -83,7 +101,7 @@ def run_backend_cli(*args: str, check: bool = True) -> subprocess.CompletedProce
 
 
 def write_ortho(path: Path, seed: int = 1) -> None:
-    """A 256 x 256 m RGB GeoTIFF in UTM 33N with random 16 m blocks so every chip looks different."""
+    """A 256 x 256 m RGB GeoTIFF in UTM 33N: random 16 m fields with soft shading, so every chip differs."""
     from osgeo import gdal, osr
 
     n = ORTHO_PIXELS
@@ -99,7 +117,7 @@ def write_ortho(path: Path, seed: int = 1) -> None:
         rows = bytearray()
         for y in range(n):
             for x in range(n):
-                rows.append((colours[y // block][x // block][band] + rng.randrange(24)) % 256)
+                rows.append((colours[y // block][x // block][band] + (x % block + y % block)) % 256)
         ds.GetRasterBand(band + 1).WriteRaster(0, 0, n, n, bytes(rows))
     ds.FlushCache()
     ds = None

@@ -1,0 +1,267 @@
+"""The SAIG Processing algorithms, run in QGIS with the real backend on a small generated world."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import struct
+
+import pytest
+from qgis.core import (
+    QgsApplication,
+    QgsDistanceArea,
+    QgsPointXY,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsRasterLayer,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+
+from conftest import CHIP_M, ORTHO_CRS, ORTHO_ORIGIN, ORTHO_PIXELS, STRIDE_M, run_backend_cli
+
+ORTHO_EXTENT = (ORTHO_ORIGIN[0], ORTHO_ORIGIN[1] - ORTHO_PIXELS, ORTHO_ORIGIN[0] + ORTHO_PIXELS, ORTHO_ORIGIN[1])
+
+
+class RecordingFeedback(QgsProcessingFeedback):
+    """Keeps what the algorithm reported; optionally cancels on the first progress update."""
+
+    def __init__(self, cancel_on_progress: bool = False) -> None:
+        super().__init__()
+        self.errors: list[str] = []
+        self.messages: list[str] = []
+        if cancel_on_progress:
+            self.progressChanged.connect(lambda _value: self.cancel())
+
+    def reportError(self, error, fatalError=False):  # noqa: N802
+        self.errors.append(error)
+
+    def pushInfo(self, info):  # noqa: N802
+        self.messages.append(info)
+
+    def pushWarning(self, warning):  # noqa: N802
+        self.messages.append(warning)
+
+
+def run_algorithm(algorithm_id: str, parameters: dict, feedback: RecordingFeedback | None = None):
+    """Run one algorithm as Processing does; returns (ok, results, feedback)."""
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById(algorithm_id)
+    assert algorithm is not None, algorithm_id
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    feedback = feedback or RecordingFeedback()
+    results, ok = algorithm.run(parameters, context, feedback)
+    return ok, results, feedback
+
+
+def features(path: str) -> list:
+    layer = QgsVectorLayer(path, "out", "ogr")
+    assert layer.isValid(), path
+    return list(layer.getFeatures())
+
+
+def test_provider_offers_the_three_algorithms_with_help_and_exact_parameters():
+    registry = QgsApplication.processingRegistry()
+    expected = {
+        "saig:tileorthophoto": ["INPUT", "CHIP_SIZE_M", "STRIDE_M", "OUTPUT"],
+        "saig:buildindex": ["INPUT", "CHECKPOINT", "CHIP_SIZE_M", "STRIDE_M", "DEVICE", "OUTPUT_DIR"],
+        "saig:geolocatephotos": ["PHOTOS", "INDEX", "CHECKPOINT", "TOP_K", "PRIOR_RADIUS_M", "DEVICE", "OUTPUT",
+                                 "EXIF_OUTPUT", "HEATMAP_DIR"],
+    }
+    assert registry.providerById("saig").name() == "SAIG"
+    for algorithm_id, names in expected.items():
+        algorithm = registry.algorithmById(algorithm_id)
+        assert algorithm is not None, algorithm_id
+        assert [p.name() for p in algorithm.parameterDefinitions()] == names
+        assert len(algorithm.shortHelpString()) > 100
+    geolocate = registry.algorithmById("saig:geolocatephotos")
+    assert geolocate.parameterDefinition("CHECKPOINT").flags() & geolocate.parameterDefinition("CHECKPOINT").FlagOptional
+    assert geolocate.parameterDefinition("PRIOR_RADIUS_M").flags() & geolocate.parameterDefinition("PRIOR_RADIUS_M").FlagOptional
+
+
+def test_tileorthophoto_writes_the_chip_footprints_of_the_cli(assets, tmp_path):
+    out = str(tmp_path / "chips.gpkg")
+    ok, results, feedback = run_algorithm("saig:tileorthophoto", {
+        "INPUT": [str(assets.ortho)], "CHIP_SIZE_M": CHIP_M, "STRIDE_M": STRIDE_M, "OUTPUT": out})
+    assert ok, feedback.errors
+    cli = json.loads(run_backend_cli("tile", str(assets.ortho), "--chip-size-m", str(CHIP_M), "--stride-m",
+                                     str(STRIDE_M), "--out", str(tmp_path / "cli.gpkg"), "--json").stdout.splitlines()[-1])
+    layer = QgsVectorLayer(results["OUTPUT"], "chips", "ogr")
+    assert layer.crs().authid() == ORTHO_CRS == cli["crs"]
+    assert QgsWkbTypes.geometryType(layer.wkbType()) == QgsWkbTypes.PolygonGeometry
+    assert layer.featureCount() == results["CHIP_COUNT"] == cli["count"] > 0
+    for f in layer.getFeatures():
+        assert f.geometry().area() == pytest.approx(CHIP_M * CHIP_M)
+        centre = f.geometry().centroid().asPoint()
+        assert (centre.x(), centre.y()) == pytest.approx((f["x"], f["y"]))
+        assert ORTHO_EXTENT[0] <= f["x"] <= ORTHO_EXTENT[2] and ORTHO_EXTENT[1] <= f["y"] <= ORTHO_EXTENT[3]
+        assert f["source"] == str(assets.ortho)
+
+
+def test_tileorthophoto_refuses_a_zero_stride_before_running_anything(assets, tmp_path):
+    out = tmp_path / "chips.gpkg"
+    ok, _, feedback = run_algorithm("saig:tileorthophoto", {
+        "INPUT": [str(assets.ortho)], "CHIP_SIZE_M": CHIP_M, "STRIDE_M": 0, "OUTPUT": str(out)})
+    assert not ok and not out.exists()
+    assert any("Stride" in e for e in feedback.errors)
+
+
+def test_buildindex_writes_an_index_folder_for_the_checkpoint(assets, tmp_path):
+    out = tmp_path / "my index"
+    ok, results, feedback = run_algorithm("saig:buildindex", {
+        "INPUT": [str(assets.ortho)], "CHECKPOINT": str(assets.checkpoint), "CHIP_SIZE_M": CHIP_M,
+        "STRIDE_M": STRIDE_M, "DEVICE": 2, "OUTPUT_DIR": str(out)})
+    assert ok, feedback.errors
+    assert results["OUTPUT_DIR"] == str(out) and results["CHIP_COUNT"] > 0 and results["CRS"] == ORTHO_CRS
+    info = json.loads(run_backend_cli("index", "info", str(out), "--json").stdout.splitlines()[-1])
+    assert info.get("count", results["CHIP_COUNT"]) == results["CHIP_COUNT"]
+    model = json.loads(run_backend_cli("info", str(assets.checkpoint), "--json").stdout.splitlines()[-1])
+    assert results["FINGERPRINT"] == model["fingerprint"]
+
+
+def _geolocate(world, tmp_path, **extra):
+    params = {"PHOTOS": [str(world.photos[0].rsplit("/", 1)[0])], "INDEX": str(world.index), "TOP_K": 5,
+              "DEVICE": 2, "OUTPUT": str(tmp_path / "candidates.gpkg")}
+    params.update(extra)
+    return run_algorithm("saig:geolocatephotos", params)
+
+
+def test_geolocatephotos_ranks_candidates_for_every_photo_of_a_folder(world, tmp_path):
+    heatmaps = tmp_path / "heatmaps"
+    ok, results, feedback = _geolocate(world, tmp_path, EXIF_OUTPUT=str(tmp_path / "exif.gpkg"),
+                                       HEATMAP_DIR=str(heatmaps))
+    assert ok, feedback.errors
+    assert results["PHOTOS_LOCATED"] == 3 and results["PHOTOS_FAILED"] == 0
+    layer = QgsVectorLayer(results["OUTPUT"], "candidates", "ogr")
+    assert layer.crs().authid() == "EPSG:4326"
+    assert layer.featureCount() == 3 * 5
+    by_photo: dict = {}
+    for f in layer.getFeatures():
+        by_photo.setdefault(f["photo"], []).append(f)
+    assert sorted(by_photo) == sorted(world.photos)
+    distance = QgsDistanceArea()
+    distance.setEllipsoid("WGS84")
+    for photo, rows in by_photo.items():
+        rows.sort(key=lambda f: f["rank"])
+        assert [f["rank"] for f in rows] == [1, 2, 3, 4, 5]
+        scores = [f["score"] for f in rows]
+        assert scores == sorted(scores, reverse=True)
+        for f in rows:
+            point = f.geometry().asPoint()
+            assert (point.x(), point.y()) == pytest.approx((f["lon"], f["lat"]))
+            assert ORTHO_EXTENT[0] <= f["x"] <= ORTHO_EXTENT[2] and ORTHO_EXTENT[1] <= f["y"] <= ORTHO_EXTENT[3]
+            if photo in world.exif:
+                lon, lat, _ = world.exif[photo]
+                expected = distance.measureLine(QgsPointXY(lon, lat), point)
+                assert f["distance_m"] == pytest.approx(expected, rel=0.01, abs=1.0)
+            else:
+                assert f["distance_m"] is None or str(f["distance_m"]) == "NULL"
+
+    exif = {f["photo"]: f for f in features(results["EXIF_OUTPUT"])}
+    assert sorted(exif) == sorted(world.exif)
+    for photo, (lon, lat, heading) in world.exif.items():
+        assert (exif[photo]["lon"], exif[photo]["lat"]) == pytest.approx((lon, lat), abs=1e-5)
+        assert exif[photo]["heading"] == pytest.approx(heading, abs=0.01)
+
+    assert len(results["HEATMAPS"]) == 3 and all(p.startswith(str(heatmaps)) for p in results["HEATMAPS"])
+    for path in results["HEATMAPS"]:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        photo = next(p for p in world.photos if os.path.splitext(os.path.basename(p))[0] in stem)
+        best = min(by_photo[photo], key=lambda f: f["rank"])
+        assert_heatmap_peaks_at(path, best["x"], best["y"])
+
+
+def assert_heatmap_peaks_at(path: str, x: float, y: float) -> None:
+    """The heatmap is on the chip grid (orthophoto CRS) and its maximum cell is centred on (x, y)."""
+    from osgeo import gdal
+
+    layer = QgsRasterLayer(path, "heatmap")
+    assert layer.isValid() and layer.crs().authid() == ORTHO_CRS
+    ds = gdal.Open(path)
+    band = ds.GetRasterBand(1)
+    assert band.DataType == gdal.GDT_Float32 and band.GetNoDataValue() is not None
+    x0, dx, _, y0, _, dy = ds.GetGeoTransform()
+    cols, rows = ds.RasterXSize, ds.RasterYSize
+    values = struct.unpack(f"{cols * rows}f", band.ReadRaster(0, 0, cols, rows, buf_type=gdal.GDT_Float32))
+    nodata = band.GetNoDataValue()
+    valid = [(v, i) for i, v in enumerate(values) if not math.isnan(v) and v != nodata]
+    assert valid, "heatmap has no valid cell"
+    _, best = max(valid)
+    cx, cy = x0 + (best % cols + 0.5) * dx, y0 + (best // cols + 0.5) * dy
+    assert abs(cx - x) <= abs(dx) / 2 + 1e-6 and abs(cy - y) <= abs(dy) / 2 + 1e-6, (cx, cy, x, y)
+    extent = layer.extent()
+    assert extent.xMinimum() >= ORTHO_EXTENT[0] - CHIP_M and extent.xMaximum() <= ORTHO_EXTENT[2] + CHIP_M
+    assert extent.yMinimum() >= ORTHO_EXTENT[1] - CHIP_M and extent.yMaximum() <= ORTHO_EXTENT[3] + CHIP_M
+
+
+def test_geolocatephotos_with_a_prior_radius_keeps_candidates_near_the_exif_position(world, tmp_path):
+    photo = world.photos[0]
+    ok, results, feedback = _geolocate(world, tmp_path, PHOTOS=[photo], PRIOR_RADIUS_M=60.0, TOP_K=20)
+    assert ok, feedback.errors
+    rows = features(results["OUTPUT"])
+    assert rows and all(f["photo"] == photo for f in rows)
+    assert all(f["distance_m"] <= 60.0 + 1e-6 for f in rows)
+
+
+def test_an_index_built_with_another_model_is_refused_with_no_output(world, tmp_path):
+    ok, _, feedback = _geolocate(world, tmp_path, CHECKPOINT=str(world.other_checkpoint))
+    assert not ok
+    assert not (tmp_path / "candidates.gpkg").exists()
+    assert any("fingerprint" in e.lower() for e in feedback.errors), feedback.errors
+
+
+def test_an_unreadable_photo_alone_fails_with_its_name_and_no_output(world, tmp_path):
+    ok, _, feedback = _geolocate(world, tmp_path, PHOTOS=[str(world.bad_photo)])
+    assert not ok
+    assert not (tmp_path / "candidates.gpkg").exists()
+    assert any("broken.jpg" in e for e in feedback.errors), feedback.errors
+
+
+def test_an_unreadable_photo_among_good_ones_is_reported_and_the_others_located(world, tmp_path):
+    ok, results, feedback = _geolocate(world, tmp_path, PHOTOS=[str(world.bad_photo), world.photos[1]])
+    assert ok, feedback.errors
+    assert results["PHOTOS_LOCATED"] == 1 and results["PHOTOS_FAILED"] == 1
+    assert {f["photo"] for f in features(results["OUTPUT"])} == {world.photos[1]}
+    assert any("broken.jpg" in e for e in feedback.errors)
+
+
+def test_cancel_during_geolocation_leaves_no_output(world, tmp_path):
+    feedback = RecordingFeedback(cancel_on_progress=True)
+    heatmaps = tmp_path / "heatmaps"
+    params = {"PHOTOS": world.photos, "INDEX": str(world.index), "TOP_K": 5, "DEVICE": 2,
+              "OUTPUT": str(tmp_path / "candidates.gpkg"), "HEATMAP_DIR": str(heatmaps)}
+    ok, _, feedback = run_algorithm("saig:geolocatephotos", params, feedback)
+    assert not ok and feedback.isCanceled()
+    assert any("Canceled" in e for e in feedback.errors)
+    assert not (tmp_path / "candidates.gpkg").exists() and not heatmaps.exists()
+
+
+def test_missing_index_folder_is_a_clear_error(assets, tmp_path):
+    ok, _, feedback = run_algorithm("saig:geolocatephotos", {
+        "PHOTOS": assets.photos[:1], "INDEX": str(tmp_path / "nowhere"), "OUTPUT": str(tmp_path / "c.gpkg")})
+    assert not ok and any("nowhere" in e for e in feedback.errors)
+
+
+def test_missing_backend_fails_with_the_fix_and_no_output(assets, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAIG_PYTHON", str(tmp_path / "gone" / "bin" / "python"))
+    out = tmp_path / "chips.gpkg"
+    ok, _, feedback = run_algorithm("saig:tileorthophoto", {
+        "INPUT": [str(assets.ortho)], "CHIP_SIZE_M": CHIP_M, "STRIDE_M": STRIDE_M, "OUTPUT": str(out)})
+    assert not ok and not out.exists()
+    message = "\n".join(feedback.errors)
+    assert "does not exist" in message and "SAIG_PYTHON" in message
+
+
+def test_killed_backend_during_index_build_is_probably_out_of_memory(assets, tmp_path, monkeypatch):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho '{\"event\": \"progress\", \"stage\": \"encode\", \"fraction\": 0.2}'\nkill -9 $$\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("SAIG_PYTHON", str(fake))
+    out = tmp_path / "index"
+    ok, _, feedback = run_algorithm("saig:buildindex", {
+        "INPUT": [str(assets.ortho)], "CHECKPOINT": str(assets.checkpoint), "CHIP_SIZE_M": CHIP_M,
+        "STRIDE_M": STRIDE_M, "OUTPUT_DIR": str(out)})
+    assert not ok and not out.exists()
+    assert any("probably out of memory" in e for e in feedback.errors), feedback.errors

@@ -1,0 +1,214 @@
+"""The SAIG dock driven through its widgets and signals, with real tasks and the real backend."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+from qgis.core import (
+    QgsColorRampShader,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsProject,
+    QgsRasterLayer,
+)
+from qgis.gui import QgsMapCanvas, QgsMessageBar
+from qgis.PyQt.QtCore import QCoreApplication
+
+from conftest import ARTIFACTS, CHIP_M, ORTHO_CRS, REPO, STRIDE_M, SignalRecorder, wait_until
+from qgis_saig_plugin import backend
+from qgis_saig_plugin.dock import SaigDock
+
+SCREENSHOT = ARTIFACTS / "plugin-dock.png"
+
+
+@pytest.fixture
+def dock():
+    """A dock on a real map canvas and message bar; the project is emptied afterwards."""
+    canvas = QgsMapCanvas()
+    canvas.setDestinationCrs(QgsCoordinateReferenceSystem(ORTHO_CRS))
+    canvas.resize(600, 400)
+    bar = QgsMessageBar()
+    selected: list = []
+    widget = SaigDock(canvas, bar, lambda: list(selected))
+    widget.selected = selected
+    yield widget
+    if widget.is_running():
+        widget.cancel()
+        wait_until(lambda: not widget.is_running(), 30, "the job to stop")
+    QgsProject.instance().clear()
+    backend.set_configured_python("")
+    bar.clearWidgets()  # a message bar destroyed with items still shown crashes under pytest (sip)
+
+
+def set_photos(dock: SaigDock, photos: list) -> None:
+    dock.photos.setFilePath(" ".join(f'"{p}"' for p in photos))
+
+
+def message_texts(dock: SaigDock) -> str:
+    item = dock.message_bar.currentItem()
+    return f"{item.title()} {item.text()}" if item is not None else ""
+
+
+def test_prior_radius_is_only_editable_when_enabled(dock):
+    assert not dock.prior_radius.isEnabled()
+    dock.use_prior.setChecked(True)
+    assert dock.prior_radius.isEnabled()
+
+
+def test_run_without_photos_warns_and_starts_nothing(dock, world):
+    dock.index_dir.setFilePath(str(world.index))
+    dock.run_button.click()
+    assert not dock.is_running()
+    assert "photos" in message_texts(dock).lower()
+
+
+def test_check_backend_reports_version_torch_and_device(dock, assets):
+    dock.checkpoint.setFilePath(str(assets.checkpoint))
+    checked = SignalRecorder(dock.backend_checked)
+    dock.check_backend_button.click()
+    ok, text = checked.wait(60)
+    assert ok, text
+    assert "torch 2." in text and "CPU" in text and "saig_micro" in text
+    assert "torch 2." in dock.backend_status.text()
+
+
+def test_check_backend_with_a_missing_python_explains_the_fix(dock, tmp_path):
+    missing = str(tmp_path / "venv" / "bin" / "python")
+    dock.backend_python.setFilePath(missing)
+    assert backend.configured_python() == missing  # the field is the plugin setting
+    checked = SignalRecorder(dock.backend_checked)
+    dock.check_backend_button.click()
+    ok, text = checked.wait(30)
+    assert not ok and "does not exist" in text and missing in text
+    assert "does not exist" in message_texts(dock)
+
+
+def test_build_from_selected_rasters_builds_and_selects_the_index(dock, assets, tmp_path):
+    layer = QgsRasterLayer(str(assets.ortho), "ortho")
+    QgsProject.instance().addMapLayer(layer)
+    dock.selected.append(layer)
+    dock.checkpoint.setFilePath(str(assets.checkpoint))
+    dock.chip_size.setValue(CHIP_M)
+    dock.stride.setValue(STRIDE_M)
+    dock.device.setCurrentIndex(2)
+    target = tmp_path / "built index"
+    dock.index_dir.setFilePath(str(target))
+    built = SignalRecorder(dock.build_finished)
+    dock.build_button.click()
+    assert dock.is_running() and not dock.run_button.isEnabled() and dock.cancel_button.isEnabled()
+    ok, text = built.wait(120)
+    assert ok, text
+    assert dock.index_dir.filePath() == str(target) and target.is_dir()
+    assert dock.progress.value() == 100 and dock.run_button.isEnabled()
+
+
+def test_build_without_a_selected_raster_asks_for_one(dock, assets):
+    dock.checkpoint.setFilePath(str(assets.checkpoint))
+    dock.build_button.click()
+    assert not dock.is_running() and "raster" in message_texts(dock).lower()
+
+
+def test_run_adds_styled_results_fills_the_table_and_zooms(dock, world, tmp_path):
+    dock.index_dir.setFilePath(str(world.index))
+    set_photos(dock, world.photos)
+    dock.top_k.setValue(3)
+    dock.device.setCurrentIndex(2)
+    dock.results_dir.setFilePath(str(tmp_path))
+    finished = SignalRecorder(dock.run_finished)
+    dock.run_button.click()
+    assert dock.is_running()
+    ok, text = finished.wait(120)
+    assert ok, text
+
+    layers = {layer.name(): layer for layer in QgsProject.instance().mapLayers().values()}
+    candidates = layers["SAIG candidates"]
+    assert candidates.featureCount() == 9 and candidates.crs().authid() == "EPSG:4326"
+    assert candidates.renderer().type() == "graduatedSymbol" and candidates.renderer().classAttribute() == "rank"
+    assert candidates.labelsEnabled()
+    assert layers["SAIG EXIF positions"].featureCount() == 2
+    heatmaps = [layer for name, layer in layers.items() if name.startswith("SAIG heatmap")]
+    assert len(heatmaps) == 3
+    for heatmap in heatmaps:
+        renderer = heatmap.renderer()
+        assert renderer.type() == "singlebandpseudocolor" and 0 < renderer.opacity() < 1
+        assert renderer.shader().rasterShaderFunction().colorRampType() == QgsColorRampShader.Interpolated
+        assert heatmap.dataProvider().useSourceNoDataValue(1)
+        assert heatmap.crs().authid() == ORTHO_CRS
+
+    assert dock.table.rowCount() == 9
+    assert dock.table.item(0, 1).text() == "1"
+    assert not dock.table.item(0, 0).icon().isNull()  # photo thumbnail
+    to_canvas = QgsCoordinateTransform(candidates.crs(), dock.canvas.mapSettings().destinationCrs(),
+                                       QgsProject.instance())
+
+    def canvas_is_centred_on_row(row: int) -> bool:
+        fid = dock.table.item(row, 0).data(0x0100)
+        point = to_canvas.transform(candidates.getFeature(fid).geometry().asPoint())
+        centre = dock.canvas.center()
+        return abs(centre.x() - point.x()) < 1.0 and abs(centre.y() - point.y()) < 1.0
+
+    assert canvas_is_centred_on_row(0)  # zoomed to the best candidate when done
+    dock.table.selectRow(5)
+    assert canvas_is_centred_on_row(5)
+    assert candidates.selectedFeatureIds() == [dock.table.item(5, 0).data(0x0100)]
+
+
+def test_cancel_stops_the_backend_and_adds_nothing(dock, world, tmp_path):
+    dock.index_dir.setFilePath(str(world.index))
+    set_photos(dock, world.photos)
+    dock.device.setCurrentIndex(2)
+    dock.results_dir.setFilePath(str(tmp_path))
+    finished = SignalRecorder(dock.run_finished)
+    dock.run_button.click()
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+    dock.cancel_button.click()
+    ok, text = finished.wait(30)
+    assert not ok and text == "canceled"
+    assert QgsProject.instance().count() == 0
+    assert "Canceled" in message_texts(dock)
+    assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+    assert not any((tmp_path / d / "candidates.gpkg").exists() for d in os.listdir(tmp_path))
+
+
+def test_a_failing_run_shows_the_reason_and_adds_no_layer(dock, world, tmp_path):
+    dock.index_dir.setFilePath(str(world.index))
+    dock.checkpoint.setFilePath(str(world.other_checkpoint))
+    set_photos(dock, world.photos[:1])
+    dock.device.setCurrentIndex(2)
+    dock.results_dir.setFilePath(str(tmp_path))
+    finished = SignalRecorder(dock.run_finished)
+    dock.run_button.click()
+    ok, text = finished.wait(60)
+    assert not ok and "fingerprint" in text.lower()
+    assert "fingerprint" in message_texts(dock).lower()
+    assert QgsProject.instance().count() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="xvfb-run is not installed")
+def test_dock_with_results_under_xvfb_saves_a_screenshot(world, tmp_path):
+    from test_algorithms import run_algorithm
+
+    ok, results, feedback = run_algorithm("saig:geolocatephotos", {
+        "PHOTOS": world.photos, "INDEX": str(world.index), "TOP_K": 5, "DEVICE": 2,
+        "OUTPUT": str(tmp_path / "candidates.gpkg"), "EXIF_OUTPUT": str(tmp_path / "exif.gpkg"),
+        "HEATMAP_DIR": str(tmp_path / "heatmaps")})
+    assert ok, feedback.errors
+    results.update(INDEX=str(world.index), PHOTOS=world.photos)
+    results_file = tmp_path / "results.json"
+    results_file.write_text(json.dumps(results))
+    ARTIFACTS.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "DISPLAY")}
+    proc = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1400x900x24", "/usr/bin/python3",
+                           str(REPO / "tests" / "plugin" / "screenshot_dock.py"), str(results_file),
+                           str(world.ortho), str(SCREENSHOT)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["saved"] and report["rows"] == 15 and "SAIG candidates" in report["layers"]
+    assert SCREENSHOT.stat().st_size > 10_000
