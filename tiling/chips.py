@@ -196,7 +196,7 @@ def _pixel_size_m(ds, crs: CRS) -> float:
     from pyproj import Geod
 
     t = ds.transform
-    cx, cy = t * (ds.width / 2, ds.height / 2)
+    cx, cy = t.c + t.a * ds.width / 2, t.f + t.e * ds.height / 2
     to_wgs = Transformer.from_crs(crs, _WGS84, always_xy=True)
     lons, lats = to_wgs.transform([cx, cx + t.a, cx], [cy, cy, cy + t.e])
     geod = Geod(ellps="WGS84")
@@ -298,7 +298,8 @@ class ChipPlanner:
             ey = np.concatenate([fp[:, [3]].repeat(5, 1), fp[:, [3]] + (fp[:, [1]] - fp[:, [3]]) * t,
                                  fp[:, [1]].repeat(5, 1), fp[:, [3]] + (fp[:, [1]] - fp[:, [3]]) * t], axis=1)
             sx, sy = to_src.transform(ex, ey)
-            pc, pr = inv * (np.asarray(sx), np.asarray(sy))
+            sx, sy = np.asarray(sx), np.asarray(sy)
+            pc, pr = inv.a * sx + inv.b * sy + inv.c, inv.d * sx + inv.e * sy + inv.f
             win = np.stack([pc.min(1), pr.min(1), pc.max(1) - pc.min(1), pr.max(1) - pr.min(1)], axis=1)
             cos = np.cos(np.radians(lat)) if grid.kind == "xyz" else np.ones_like(lat)
             gsd = grid.chip_size * cos / self.out_w

@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="chips per encoder batch (default 32)")
     p.add_argument("--index-type", default="auto", choices=("auto", "flat", "ivfpq"),
                    help="FAISS index: flat (exact) or compressed; auto = flat up to 200,000 chips, else ivfpq")
+    p.add_argument("--shard-size", type=int, default=1024,
+                   help="chips per committed shard: how much work a killed build can lose (default 1024)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     p.set_defaults(func=cmd_index_build)
@@ -102,7 +104,7 @@ def cmd_index_build(args: argparse.Namespace, reporter: Reporter) -> int:
     from .index import BuildOptions, build_index
 
     opts = BuildOptions(checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
-                        index_type=args.index_type, overwrite=args.overwrite)
+                        index_type=args.index_type, overwrite=args.overwrite, shard_chips=args.shard_size)
     result = build_index(args.rasters, args.chip_size_m, args.stride_m, args.out, opts, reporter,
                          chip_kwargs=dict(min_valid=args.min_valid, grid=args.grid, grid_crs=args.grid_crs,
                                           zoom=args.zoom))
