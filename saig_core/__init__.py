@@ -15,6 +15,8 @@ _LAZY = {
     "load_checkpoint": ".checkpoint",
     "model_fingerprint": ".checkpoint",
     "save_checkpoint": ".checkpoint",
+    "Encoder": ".encode",
+    "encode_batches": ".encode",
     "BACKBONE_PRESETS": ".config",
     "BackboneConfig": ".config",
     "ModelConfig": ".config",
@@ -29,6 +31,7 @@ if TYPE_CHECKING:  # static tools see the real names
     from .checkpoint import (CheckpointError, checkpoint_info, convert_official, load_checkpoint,
                              model_fingerprint, save_checkpoint)
     from .config import BACKBONE_PRESETS, BackboneConfig, ModelConfig, preset_config
+    from .encode import Encoder, encode_batches
     from .model import InputError, SAIGModel, build_model, count_parameters
 
 
@@ -50,6 +53,7 @@ __all__ = [
     "BACKBONE_PRESETS",
     "BackboneConfig",
     "CheckpointError",
+    "Encoder",
     "InputError",
     "ModelConfig",
     "SAIGModel",
@@ -58,6 +62,7 @@ __all__ = [
     "checkpoint_info",
     "convert_official",
     "count_parameters",
+    "encode_batches",
     "load_checkpoint",
     "model_fingerprint",
     "preset_config",

@@ -72,7 +72,11 @@ def optimize_for_inference(model: SAIGModel, device: str | torch.device = "cpu")
 
 
 class Encoder:
-    """Encodes batches for one model on one device at one precision (see the module docstring)."""
+    """Encodes batches for one model on one device at one precision (see the module docstring).
+
+    With ``optimize=False`` the model itself is used (switched to eval mode and moved to the
+    device) instead of an optimised copy; the benchmark uses it as the unoptimised baseline.
+    """
 
     def __init__(
         self,

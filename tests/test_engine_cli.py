@@ -102,3 +102,9 @@ def _pickle_needing_code() -> bytes:
     buf = io.BytesIO()
     torch.save({"model": {}, "args": argparse.Namespace(lr=1e-4)}, buf)
     return buf.getvalue()
+
+
+def test_the_public_api_resolves_and_the_cli_module_does_not_import_torch():
+    code = ("import sys, saig_core, saig_core.cli; assert 'torch' not in sys.modules; "
+            "[getattr(saig_core, n) for n in saig_core.__all__]; assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
