@@ -275,7 +275,7 @@ def candidate_fields() -> QgsFields:
     for name, kind in (("photo", QVariant.String), ("photo_name", QVariant.String), ("rank", QVariant.Int),
                        ("score", QVariant.Double), ("chip_id", QVariant.String), ("lon", QVariant.Double),
                        ("lat", QVariant.Double), ("x", QVariant.Double), ("y", QVariant.Double),
-                       ("distance_m", QVariant.Double)):
+                       ("distance_m", QVariant.Double), ("heatmap", QVariant.String)):
         fields.append(QgsField(name, kind))
     return fields
 
@@ -410,20 +410,24 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
             photo_results = [r for r in run.results if "candidates" in r]
             if not photo_results:
                 raise QgsProcessingException(format_errors(run.errors) or tr("The backend located no photo."))
-            outputs = self._write_outputs(parameters, context, photo_results)
-            heatmaps = self._move_heatmaps(photo_results, scratch_heatmaps, heatmap_dir) if heatmap_dir else []
+            heatmaps = self._heatmap_destinations(photo_results, heatmap_dir) if heatmap_dir else {}
+            outputs = self._write_outputs(parameters, context, photo_results, heatmaps)
+            if heatmaps:
+                os.makedirs(heatmap_dir, exist_ok=True)
+                for src, dst in heatmaps.items():
+                    shutil.move(src, dst)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         if run.errors:
             feedback.pushWarning(tr("{} of {} photos could not be located (reasons above).").format(
                 len(run.errors), len(photos)))
-        outputs.update({"HEATMAPS": heatmaps, "PHOTOS_LOCATED": len(photo_results),
+        outputs.update({"HEATMAPS": list(heatmaps.values()), "PHOTOS_LOCATED": len(photo_results),
                         "PHOTOS_FAILED": len(run.errors)})
         if heatmap_dir:
             outputs[self.HEATMAP_DIR] = heatmap_dir
         return outputs
 
-    def _write_outputs(self, parameters, context, photo_results: list[dict]) -> dict:
+    def _write_outputs(self, parameters, context, photo_results: list[dict], heatmaps: dict) -> dict:
         wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, candidate_fields(),
                                              QgsWkbTypes.Point, wgs84)
@@ -431,6 +435,7 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
         for result in photo_results:
             photo = str(result.get("photo", ""))
+            heatmap = heatmaps.get(result.get("heatmap") or "", "")
             for c in result.get("candidates") or []:
                 f = QgsFeature(candidate_fields())
                 lon, lat = _number(c.get("lon")), _number(c.get("lat"))
@@ -439,7 +444,7 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
                 f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(lon, lat)))
                 f.setAttributes([photo, os.path.basename(photo), int(c.get("rank") or 0), _number(c.get("score")),
                                  str(c.get("chip_id", "")), lon, lat, _number(c.get("x")), _number(c.get("y")),
-                                 _number(c.get("distance_m"))])
+                                 _number(c.get("distance_m")), heatmap])
                 sink.addFeature(f, QgsFeatureSink.FastInsert)
         outputs = {self.OUTPUT: dest_id}
         exif_sink, exif_id = self.parameterAsSink(parameters, self.EXIF_OUTPUT, context, exif_fields(),
@@ -460,15 +465,7 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
         return outputs
 
     @staticmethod
-    def _move_heatmaps(photo_results: list[dict], scratch_dir: str, heatmap_dir: str) -> list[str]:
-        """Move the finished heatmaps from the scratch folder into the user's folder."""
-        os.makedirs(heatmap_dir, exist_ok=True)
-        moved = []
-        for result in photo_results:
-            src = result.get("heatmap")
-            if not src or not os.path.isfile(src):
-                continue
-            dst = os.path.join(heatmap_dir, os.path.basename(src))
-            shutil.move(src, dst)
-            moved.append(dst)
-        return moved
+    def _heatmap_destinations(photo_results: list[dict], heatmap_dir: str) -> dict:
+        """Backend heatmap (scratch folder) -> its final path in the user's heatmap folder, per photo."""
+        return {r["heatmap"]: os.path.join(heatmap_dir, os.path.basename(r["heatmap"]))
+                for r in photo_results if r.get("heatmap") and os.path.isfile(r["heatmap"])}

@@ -21,7 +21,6 @@ from qgis.core import (
     QgsApplication,
     QgsCoordinateTransform,
     QgsFeatureRequest,
-    QgsMapLayer,
     QgsProcessingAlgRunnerTask,
     QgsProcessingContext,
     QgsProcessingFeedback,
@@ -114,7 +113,8 @@ class SaigDock(QgsDockWidget):
         self.info_task: Optional[QgsTask] = None
         self.candidates_layer: Optional[QgsVectorLayer] = None
         self.exif_layer: Optional[QgsVectorLayer] = None
-        self.heatmap_layers: list[QgsRasterLayer] = []
+        self.heatmap_layers: dict[str, QgsRasterLayer] = {}
+        self.results_group = None
         self._build_ui()
         self._restore_settings()
 
@@ -450,15 +450,20 @@ class SaigDock(QgsDockWidget):
                 project.addMapLayer(exif, False)
                 group.addLayer(exif)
                 self.exif_layer = exif
-        self.heatmap_layers = []
-        for path in results.get("HEATMAPS") or []:
-            layer = QgsRasterLayer(path, f"SAIG heatmap {os.path.splitext(os.path.basename(path))[0]}")
+        self.heatmap_layers = {}
+        heatmap_of = {}
+        for feature in candidates.getFeatures():
+            if feature["heatmap"]:
+                heatmap_of.setdefault(str(feature["photo"]), str(feature["heatmap"]))
+        for photo, path in heatmap_of.items():
+            layer = QgsRasterLayer(path, f"SAIG heatmap {os.path.basename(photo)}")
             if not layer.isValid():
                 continue
             styles.style_heatmap(layer)
             project.addMapLayer(layer, False)
             group.addLayer(layer)
-            self.heatmap_layers.append(layer)
+            self.heatmap_layers[photo] = layer
+        self.results_group = group
         self.candidates_layer = candidates
         self._fill_table(candidates)
         self.zoom_to_best()
@@ -493,7 +498,16 @@ class SaigDock(QgsDockWidget):
     def _zoom_to_selected_row(self) -> None:
         rows = self.table.selectionModel().selectedRows()
         if rows:
-            self.zoom_to_candidate(self.table.item(rows[0].row(), 0).data(Qt.UserRole))
+            item = self.table.item(rows[0].row(), 0)
+            self.show_heatmap_of(item.toolTip())
+            self.zoom_to_candidate(item.data(Qt.UserRole))
+
+    def show_heatmap_of(self, photo: str) -> None:
+        """Only the heatmap of this photo is visible (they overlap; the others stay in the group)."""
+        for other, layer in self.heatmap_layers.items():
+            node = self.results_group.findLayer(layer.id()) if self.results_group is not None else None
+            if node is not None:
+                node.setItemVisibilityChecked(other == photo)
 
     def zoom_to_candidate(self, fid: int) -> None:
         """Centre the map on one candidate (keeping the scale), select it and flash it."""

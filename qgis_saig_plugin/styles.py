@@ -49,7 +49,8 @@ def style_candidates(layer: QgsVectorLayer) -> None:
 
     settings = QgsPalLayerSettings()
     settings.fieldName = "rank"
-    settings.placement = QgsPalLayerSettings.OverPoint
+    settings.placement = QgsPalLayerSettings.AroundPoint
+    settings.dist = 1.0
     text = QgsTextFormat()
     text.setFont(QFont("Sans Serif", 9, QFont.Bold))
     text.setSize(9)

@@ -58,11 +58,22 @@ def pytest_unconfigure(config):
         shutil.rmtree(config._saig_basetemp, ignore_errors=True)
 
 
+def isolate_settings(folder: str) -> None:
+    """QgsSettings of this process go to ``folder``, never to the user's QGIS configuration."""
+    from qgis.PyQt.QtCore import QCoreApplication, QSettings
+
+    QCoreApplication.setOrganizationName("saig-plugin-tests")
+    QCoreApplication.setApplicationName("saig-plugin-tests")
+    for fmt in (QSettings.NativeFormat, QSettings.IniFormat):
+        QSettings.setPath(fmt, QSettings.UserScope, folder)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def qgis_app():
     """One QgsApplication (GUI enabled, offscreen) with Processing and the SAIG provider, for the session."""
     from qgis.core import QgsApplication, QgsProject
 
+    isolate_settings(_PROFILE)
     QgsApplication.setPrefixPath("/usr", True)
     app = QgsApplication([], True, _PROFILE)
     app.initQgis()

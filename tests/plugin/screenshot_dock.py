@@ -11,15 +11,19 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
 
 def main() -> int:
     results_path, ortho, out = sys.argv[1:4]
     from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
 
+    from conftest import isolate_settings
+
+    profile = tempfile.mkdtemp(prefix="saig-shot-profile-")
+    isolate_settings(profile)
     QgsApplication.setPrefixPath("/usr", True)
-    app = QgsApplication([], True, tempfile.mkdtemp(prefix="saig-shot-profile-"))
+    app = QgsApplication([], True, profile)
     app.initQgis()
     from qgis.gui import QgsMapCanvas, QgsMessageBar
     from qgis.PyQt.QtCore import Qt
@@ -68,7 +72,12 @@ def main() -> int:
         time.sleep(0.02)
     ok = window.grab().save(out)
     print(json.dumps({"saved": ok, "rendered": bool(rendered), "rows": dock.table.rowCount(),
-                      "layers": [layer.name() for layer in order]}))
+                      "layers": [layer.name() for layer in order]}), flush=True)
+    bar.clearWidgets()
+    project.clear()
+    window.close()
+    del dock, window, canvas, bar
+    app.processEvents()
     app.exitQgis()
     return 0 if ok and rendered else 1
 

@@ -152,9 +152,16 @@ def test_run_adds_styled_results_fills_the_table_and_zooms(dock, world, tmp_path
         return abs(centre.x() - point.x()) < 1.0 and abs(centre.y() - point.y()) < 1.0
 
     assert canvas_is_centred_on_row(0)  # zoomed to the best candidate when done
+    def visible_heatmaps() -> list:
+        root = QgsProject.instance().layerTreeRoot()
+        return [h.name() for h in heatmaps if root.findLayer(h.id()).isVisible()]
+
+    first_photo = dock.table.item(0, 0).toolTip()
+    assert visible_heatmaps() == [f"SAIG heatmap {os.path.basename(first_photo)}"]
     dock.table.selectRow(5)
     assert canvas_is_centred_on_row(5)
     assert candidates.selectedFeatureIds() == [dock.table.item(5, 0).data(0x0100)]
+    assert visible_heatmaps() == [f"SAIG heatmap {os.path.basename(dock.table.item(5, 0).toolTip())}"]
 
 
 def test_cancel_stops_the_backend_and_adds_nothing(dock, world, tmp_path):
