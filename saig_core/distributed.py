@@ -97,6 +97,23 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is the sum over ranks of the incoming gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        x = x.clone()
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
 class CpuSyncBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics cover the whole global batch (any backend, gradients included)."""
 
@@ -105,13 +122,11 @@ class CpuSyncBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized()):
             return super().forward(x)
-        import torch.distributed.nn.functional as dist_fn
-
         c = x.shape[1]
         xf = x.float()
         count = torch.full((1,), xf.numel() / c, dtype=torch.float32, device=x.device)
-        stats = dist_fn.all_reduce(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count]),
-                                   group=self.group or dist.group.WORLD)
+        stats = _AllReduceSum.apply(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count]),
+                                    self.group or dist.group.WORLD)
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c:2 * c] / n - mean * mean).clamp(min=0.0)
