@@ -46,7 +46,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 
-from .backend import BackendError, BackendRun, format_errors, run_backend
+from .backend import BackendCanceled, BackendError, BackendRun, format_errors, run_backend
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 DEVICES = ("auto", "cuda", "cpu")
@@ -107,11 +107,13 @@ class SaigAlgorithm(QgsProcessingAlgorithm):
         return tempfile.mkdtemp(prefix="saig_", dir=QgsProcessingUtils.tempFolder())
 
     def backend(self, args: list, feedback: QgsProcessingFeedback, cwd: str,
-                result_progress: Optional[Callable[[dict], float]] = None) -> BackendRun:
+                result_progress: Optional[Callable[[dict], float]] = None, cancel_note: str = "") -> BackendRun:
         """Run the backend; progress, logs and per-file errors go to ``feedback``.
 
         Progress is the current stage's fraction, or, when ``result_progress`` is given, its value
-        for each result event (e.g. photos done / photos), the stage then only naming the step.
+        for each result or error event (e.g. photos done / photos), the stage then only naming the step.
+        Error events are not reported here: the caller reports them once (an exception when nothing
+        succeeded, a summary otherwise).
         """
         feedback.pushCommandInfo("saig --progress json " + " ".join(_quote(a) for a in args))
 
@@ -128,15 +130,15 @@ class SaigAlgorithm(QgsProcessingAlgorithm):
                     feedback.pushWarning(message)
                 else:
                     feedback.pushInfo(message)
-            elif kind == "error":
-                feedback.reportError(format_errors([event]), False)
-            elif kind == "result" and result_progress is not None:
+            elif kind in ("result", "error") and result_progress is not None:
                 feedback.setProgress(100.0 * result_progress(event))
 
         try:
             return run_backend(args, on_event=on_event, on_stderr=feedback.pushDebugInfo,
                                is_canceled=feedback.isCanceled, cwd=cwd)
-        except BackendError as e:  # canceled, killed, missing backend: a message, never a traceback
+        except BackendCanceled as e:
+            raise QgsProcessingException(f"{e} {cancel_note}".strip()) from None
+        except BackendError as e:  # killed, missing backend, bad input: a message, never a traceback
             raise QgsProcessingException(str(e)) from None
 
 
@@ -260,7 +262,10 @@ class BuildIndexAlgorithm(SaigAlgorithm):
         try:
             run = self.backend(["index", "build", *rasters, "--checkpoint", checkpoint, "--chip-size-m", size,
                                 "--stride-m", stride, "--out", out_dir, "--device", self.device(parameters, context),
-                                "--json"], feedback, scratch)
+                                "--json"], feedback, scratch, cancel_note=tr(
+                                    "The chips encoded so far are kept in the hidden folder {}: run again with the "
+                                    "same inputs and index folder to continue, or delete it.").format(
+                                    os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.partial")))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         result = run.results[-1]
@@ -404,7 +409,7 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
 
             def photos_done(event: dict) -> Optional[float]:
                 done["photos"] += 1
-                return done["photos"] / len(photos)
+                return min(1.0, done["photos"] / len(photos))
 
             run = self.backend(args, feedback, scratch, photos_done)
             photo_results = [r for r in run.results if "candidates" in r]
@@ -419,8 +424,8 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         if run.errors:
-            feedback.pushWarning(tr("{} of {} photos could not be located (reasons above).").format(
-                len(run.errors), len(photos)))
+            feedback.reportError(tr("{} of {} photos could not be located:\n{}").format(
+                len(run.errors), len(photos), format_errors(run.errors)), False)
         outputs.update({"HEATMAPS": list(heatmaps.values()), "PHOTOS_LOCATED": len(photo_results),
                         "PHOTOS_FAILED": len(run.errors)})
         if heatmap_dir:

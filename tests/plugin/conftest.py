@@ -68,6 +68,20 @@ def isolate_settings(folder: str) -> None:
         QSettings.setPath(fmt, QSettings.UserScope, folder)
 
 
+_PROVIDERS: list = []  # Python must hold its providers: otherwise sip drops the subclass and its algorithms
+
+
+def register_provider() -> None:
+    """Register the SAIG provider, as the plugin's initProcessing does."""
+    from qgis.core import QgsApplication
+
+    from qgis_saig_plugin.provider import SaigProvider
+
+    provider = SaigProvider()
+    _PROVIDERS.append(provider)
+    assert QgsApplication.processingRegistry().addProvider(provider)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def qgis_app():
     """One QgsApplication (GUI enabled, offscreen) with Processing and the SAIG provider, for the session."""
@@ -80,12 +94,11 @@ def qgis_app():
     from processing.core.Processing import Processing
 
     Processing.initialize()
-    from qgis_saig_plugin.provider import SaigProvider
-
-    provider = SaigProvider()
-    QgsApplication.processingRegistry().addProvider(provider)
+    register_provider()
     yield app
-    QgsApplication.processingRegistry().removeProvider(provider)
+    provider = QgsApplication.processingRegistry().providerById("saig")
+    if provider is not None:
+        QgsApplication.processingRegistry().removeProvider(provider)
     QgsProject.instance().clear()
     gc.collect()
     app.processEvents()

@@ -238,6 +238,16 @@ def test_cancel_during_geolocation_leaves_no_output(world, tmp_path):
     assert not (tmp_path / "candidates.gpkg").exists() and not heatmaps.exists()
 
 
+def test_cancel_during_index_build_leaves_no_index_folder(assets, tmp_path):
+    out = tmp_path / "index"
+    feedback = RecordingFeedback(cancel_on_progress=True)
+    ok, _, feedback = run_algorithm("saig:buildindex", {
+        "INPUT": [str(assets.ortho)], "CHECKPOINT": str(assets.checkpoint), "CHIP_SIZE_M": CHIP_M,
+        "STRIDE_M": STRIDE_M, "DEVICE": 2, "OUTPUT_DIR": str(out)}, feedback)
+    assert not ok and feedback.isCanceled() and not out.exists()
+    assert any("Canceled" in e and "continue" in e for e in feedback.errors), feedback.errors
+
+
 def test_missing_index_folder_is_a_clear_error(assets, tmp_path):
     ok, _, feedback = run_algorithm("saig:geolocatephotos", {
         "PHOTOS": assets.photos[:1], "INDEX": str(tmp_path / "nowhere"), "OUTPUT": str(tmp_path / "c.gpkg")})

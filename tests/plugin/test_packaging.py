@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from qgis.core import QgsVectorLayer
 
-from conftest import REPO
+from conftest import REPO, register_provider
 
 PACKAGE = REPO / "qgis_saig_plugin"
 REQUIRED_METADATA = ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email",
@@ -101,3 +101,21 @@ def test_qgis_process_geolocates_with_the_installed_zip(world, tmp_path):
     layer = QgsVectorLayer(str(out), "out", "ogr")
     assert layer.isValid() and layer.featureCount() == 3 * 3
     assert layer.crs().authid() == "EPSG:4326"
+
+
+def test_headless_class_factory_registers_and_unregisters_the_provider(qgis_app):
+    from qgis.core import QgsApplication
+
+    import qgis_saig_plugin
+
+    registry = QgsApplication.processingRegistry()
+    assert registry.removeProvider(registry.providerById("saig"))  # the session's provider, put back below
+    try:
+        plugin = qgis_saig_plugin.classFactory(None)  # what qgis_process does: no iface
+        plugin.initProcessing()
+        plugin.initGui()  # harmless without iface
+        assert registry.algorithmById("saig:geolocatephotos") is not None
+        plugin.unload()
+        assert registry.providerById("saig") is None
+    finally:
+        register_provider()
