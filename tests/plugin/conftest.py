@@ -42,20 +42,24 @@ if str(REPO) not in sys.path:
 if QGIS_PLUGINS not in sys.path:
     sys.path.append(QGIS_PLUGINS)
 
-_PROFILE = tempfile.mkdtemp(prefix="saig-qgis-profile-")
+# One temporary root for the session, removed at the end: pytest's folders (other developers' runs prune
+# the shared /tmp/pytest-of-*), the QGIS profile, and every temporary file QGIS, Processing or the
+# backend make (TMPDIR is inherited by the subprocesses).
+_SESSION_TMP = tempfile.mkdtemp(prefix="saig-plugin-tests-")
+os.environ["TMPDIR"] = _SESSION_TMP
+tempfile.tempdir = _SESSION_TMP
+_PROFILE = os.path.join(_SESSION_TMP, "qgis-profile")
+os.makedirs(_PROFILE)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    """Our own temporary root: other developers' pytest runs prune the shared /tmp/pytest-of-* folders."""
     if not config.option.basetemp:
-        config.option.basetemp = tempfile.mkdtemp(prefix="saig-plugin-tests-")
-        config._saig_basetemp = config.option.basetemp
+        config.option.basetemp = os.path.join(_SESSION_TMP, "pytest")
 
 
 def pytest_unconfigure(config):
-    if getattr(config, "_saig_basetemp", None):
-        shutil.rmtree(config._saig_basetemp, ignore_errors=True)
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
 def isolate_settings(folder: str) -> None:
@@ -103,7 +107,6 @@ def qgis_app():
     gc.collect()
     app.processEvents()
     app.exitQgis()
-    shutil.rmtree(_PROFILE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
