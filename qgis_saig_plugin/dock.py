@@ -20,7 +20,6 @@ from qgis.core import (
     Qgis,
     QgsApplication,
     QgsCoordinateTransform,
-    QgsFeatureRequest,
     QgsProcessingAlgRunnerTask,
     QgsProcessingContext,
     QgsProcessingFeedback,
@@ -474,8 +473,7 @@ class SaigDock(QgsDockWidget):
         self.table.blockSignals(True)
         self.table.setRowCount(0)
         thumbs: dict[str, QIcon] = {}
-        request = QgsFeatureRequest()
-        for feature in layer.getFeatures(request):
+        for feature in layer.getFeatures():
             row = self.table.rowCount()
             self.table.insertRow(row)
             photo = str(feature["photo"])
