@@ -272,3 +272,18 @@ def _draw_overviews(cfg: DemoConfig, world_dir: Path, out: Path, truth, results,
         canvas.save(path)
         written.append(str(path.relative_to(out)))
     return written
+
+
+def export_demo_model(src: str | Path, dst: str | Path, command: str = "make demo-model") -> Path:
+    """Copy a trained checkpoint (e.g. a run's ``best.pt``) to ``dst`` with float16 weights, keeping its
+    metadata (``ground_input`` tells ``saig locate`` how photos become input) and recording how it was
+    made."""
+    from saig_core.checkpoint import checkpoint_info, load_checkpoint, save_checkpoint
+
+    info = checkpoint_info(src)
+    meta = {k: v for k, v in info["metadata"].items()
+            if k not in ("weights_sha256", "weights_dtype", "created", "software_version", "torch_version",
+                         "parameters")}
+    meta["reproduce"] = command
+    meta["exported_from"] = Path(src).name
+    return save_checkpoint(load_checkpoint(src), dst, half=True, **meta)

@@ -122,6 +122,13 @@ def synthesize_pairs(seeds: Sequence[int], out: str | Path, pairs_per_world: int
         wdir = out / f"world_{seed}"
         (wdir / "ground").mkdir(parents=True, exist_ok=True)
         (wdir / "aerial").mkdir(parents=True, exist_ok=True)
+        # A stopped run resumes: pairs already written with the same parameters are kept
+        # (every file is written under a temporary name first, so an existing one is complete).
+        params = {"seed": seed, "size_m": size_m, "chip_size_m": chip_size_m, "jitter_m": jitter_m,
+                  "pano": asdict(plan.pano), "pairs": pairs_per_world}
+        params_file = wdir / "params.json"
+        reuse = params_file.is_file() and json.loads(params_file.read_text()) == params
+        params_file.write_text(json.dumps(params))
         with _task(reporter, f"world {seed}", 1) as t:
             world = io.make_world(WorldConfig(seed=seed, size_m=size_m))
             renderer = Renderer(world)
@@ -134,12 +141,12 @@ def synthesize_pairs(seeds: Sequence[int], out: str | Path, pairs_per_world: int
         lon, lat = io.to_lonlat(world, pos[:, 0], pos[:, 1])
         with _task(reporter, f"pairs {seed}", len(pos)) as t:
             for i, (x, y) in enumerate(pos):
-                prng = _rng(seed, 11, i)
-                ground = renderer.panorama(x, y, 0.0, plan.pano, prng)
-                jx, jy = prng.uniform(-jitter_m, jitter_m, 2)
-                chip = renderer.aerial_chip(x + jx, y + jy, chip_size_m)
-                g = io.write_jpeg(wdir / "ground" / f"{i:05d}.jpg", ground)
-                a = io.write_png(wdir / "aerial" / f"{i:05d}.png", chip)
+                g, a = wdir / "ground" / f"{i:05d}.jpg", wdir / "aerial" / f"{i:05d}.png"
+                if not (reuse and g.is_file() and a.is_file()):
+                    prng = _rng(seed, 11, i)
+                    io.write_jpeg(g, renderer.panorama(x, y, 0.0, plan.pano, prng))
+                    jx, jy = prng.uniform(-jitter_m, jitter_m, 2)
+                    io.write_png(a, renderer.aerial_chip(x + jx, y + jy, chip_size_m))
                 rows.append({"ground_path": str(g.relative_to(out)), "aerial_path": str(a.relative_to(out)),
                              "lat": f"{lat[i]:.8f}", "lon": f"{lon[i]:.8f}", "seed": seed})
                 t.update(1)
