@@ -2,7 +2,8 @@
 
 A config file has the sections ``model``, ``loss``, ``optim``, ``train``, ``data`` and ``augment``
 (see the README, "Training"). Relative paths inside it are resolved against the config file's
-folder. ``overrides`` (``"train.epochs=3"``, values parsed as YAML) are applied before validation.
+folder, except a dataset's split files (``data.train/val/test`` of CVUSA), which are relative to
+``data.root``. ``overrides`` (``"train.epochs=3"``, values parsed as YAML) are applied before validation.
 """
 from __future__ import annotations
 
@@ -149,6 +150,7 @@ def config_from_dict(raw: dict[str, Any], base_dir: str | os.PathLike = ".", sou
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}")
     sections = {}
+    data_kind = (raw.get("data") or {}).get("kind", "pairs_csv")
     for name, cls in _SECTIONS.items():
         values = dict(raw.get(name) or {})
         known = {f.name for f in dataclasses.fields(cls)}
@@ -156,7 +158,8 @@ def config_from_dict(raw: dict[str, Any], base_dir: str | os.PathLike = ".", sou
         if bad:
             raise ConfigError(f"{source}: unknown key(s) {sorted(bad)} in section {name!r}; known: {sorted(known)}")
         for key in list(values):
-            if (name, key) in _PATH_KEYS and values[key] is not None:
+            relative_to_root = name == "data" and key in ("train", "val", "test") and data_kind != "pairs_csv"
+            if (name, key) in _PATH_KEYS and values[key] is not None and not relative_to_root:
                 values[key] = str((Path(base_dir) / os.path.expanduser(str(values[key]))).resolve())
             elif isinstance(values[key], list):
                 values[key] = tuple(values[key])

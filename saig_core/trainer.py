@@ -129,6 +129,48 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+class TrainStep:
+    """One optimizer step (plain or (A)SAM, AMP, clipping) on this rank's slice of a global batch.
+
+    Under DDP every rank computes the loss of the whole gathered batch; DDP averages gradients over
+    ranks, so the loss is scaled by the world size before backward.
+    """
+
+    def __init__(self, net: torch.nn.Module, model: SAIGModel, optimizer: torch.optim.Optimizer, loss_fn,
+                 device: torch.device, precision: str = "fp32", grad_clip: float | None = None,
+                 scaler: torch.amp.GradScaler | None = None, ctx: D.DistContext | None = None) -> None:
+        self.net, self.model, self.optimizer, self.loss_fn = net, model, optimizer, loss_fn
+        self.device, self.precision, self.grad_clip = device, precision, grad_clip
+        self.scaler = scaler or torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.ctx = ctx or D.DistContext(0, 1, 0, device)
+
+    def loss(self, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.precision):
+            zg, za = self.net(g, a)
+        zg, za = D.gather_with_grad(zg.float(), self.ctx), D.gather_with_grad(za.float(), self.ctx)
+        return self.loss_fn(zg, za)
+
+    def __call__(self, g: torch.Tensor, a: torch.Tensor) -> float:
+        """Returns the global-batch loss at the current weights."""
+        world, opt = self.ctx.world, self.optimizer
+        loss = self.loss(g, a)
+        self.scaler.scale(loss * world).backward()
+        if isinstance(opt, SAM):
+            opt.first_step(zero_grad=True)
+            self.scaler.scale(self.loss(g, a) * world).backward()
+            opt.restore()
+            base = opt.base_optimizer
+        else:
+            base = opt
+        if self.grad_clip:
+            self.scaler.unscale_(base)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(base)
+        self.scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+
 class Trainer:
     """Owns the model, optimizer, schedule and data of one run; :meth:`fit` trains and reports."""
 
@@ -161,7 +203,8 @@ class Trainer:
         self.schedule = CosineSchedule(self.optimizer, t.epochs * self.steps_per_epoch, cfg.optim.warmup_steps,
                                        cfg.optim.min_lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.loss_fn = build_loss(cfg.loss.name, **cfg.loss.kwargs())
+        self.step = TrainStep(self.net, self.model, self.optimizer, build_loss(cfg.loss.name, **cfg.loss.kwargs()),
+                              self.device, self.precision, cfg.optim.grad_clip, self.scaler, self.ctx)
         self.state = RunState()
         if resume:
             self._load_state()
@@ -212,33 +255,10 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------
     # steps
 
-    def _loss(self, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, self.precision):
-            zg, za = self.net(g, a)
-        zg, za = D.gather_with_grad(zg.float(), self.ctx), D.gather_with_grad(za.float(), self.ctx)
-        return self.loss_fn(zg, za)
-
     def train_step(self, g: torch.Tensor, a: torch.Tensor) -> float:
-        """One optimizer step on this rank's slice of a global batch; returns the global-batch loss."""
-        world = self.ctx.world  # DDP averages gradients; the gathered loss needs their sum
-        opt, clip = self.optimizer, self.cfg.optim.grad_clip
-        loss = self._loss(g, a)
-        self.scaler.scale(loss * world).backward()
-        if isinstance(opt, SAM):
-            opt.first_step(zero_grad=True)
-            self.scaler.scale(self._loss(g, a) * world).backward()
-            opt.restore()
-            base = opt.base_optimizer
-        else:
-            base = opt
-        if clip:
-            self.scaler.unscale_(base)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.scaler.step(base)
-        self.scaler.update()
-        opt.zero_grad(set_to_none=True)
+        loss = self.step(g, a)
         self.schedule.step()
-        return float(loss.detach())
+        return loss
 
     def evaluate(self, split: CrossViewSplit) -> dict[str, float]:
         """Retrieval metrics of ``split`` (queries and gallery sharded over ranks, gathered, identical everywhere)."""
@@ -380,8 +400,6 @@ def _precision(name: str, device: torch.device) -> str:
         if device.type != "cuda":
             return "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if name == "fp16" and device.type != "cuda":
-        raise ConfigError(f"fp16 mixed precision needs a CUDA GPU (device is {device.type}); use bf16 or fp32")
     return name
 
 

@@ -167,3 +167,37 @@ def test_shipped_configs_all_load_and_validate():
     for path in sorted((REPO / "configs").glob("*.yaml")):
         cfg = load_config(path)
         cfg.model.model_config()
+
+
+def _micro_step(precision: str, asam: bool, scaler=None):
+    from saig_core import build_model
+    from saig_core.losses import build_loss
+    from saig_core.trainer import TrainStep
+
+    torch.manual_seed(0)
+    model = build_model("saig_micro", "gap", (32, 128), (64, 64)).train()
+    opt = (SAM(model.parameters(), torch.optim.AdamW, lr=1e-3) if asam
+           else torch.optim.AdamW(model.parameters(), lr=1e-3))
+    step = TrainStep(model, model, opt, build_loss("soft_margin_triplet"), torch.device("cpu"), precision,
+                     grad_clip=1.0, scaler=scaler)
+    g = torch.rand(4, 3, 32, 128, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    a = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    return model, step, g, a
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_asam_step_runs_under_autocast_and_lowers_the_loss(precision):
+    model, step, g, a = _micro_step(precision, asam=True,
+                                    scaler=torch.amp.GradScaler("cpu", enabled=precision == "fp16"))
+    losses = [step(g, a) for _ in range(4)]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
+def test_fp16_overflow_skips_the_asam_step_and_lowers_the_loss_scale():
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # fp16 gradients overflow at this scale
+    model, step, g, a = _micro_step("fp16", asam=True, scaler=scaler)
+    before = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    step(g, a)
+    assert scaler.get_scale() < 2.0**40
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[k].detach(), v) for k, v in before.items() if k in params)
