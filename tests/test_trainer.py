@@ -201,3 +201,20 @@ def test_fp16_overflow_skips_the_asam_step_and_lowers_the_loss_scale():
     assert scaler.get_scale() < 2.0**40
     params = dict(model.named_parameters())
     assert all(torch.equal(params[k].detach(), v) for k, v in before.items() if k in params)
+
+
+def test_model_init_from_an_imagenet_backbone_file_loads_both_branches(tmp_path, pairs_csv):
+    from saig_core.backbone import SAIGBackbone
+    from saig_core.config import BACKBONE_PRESETS
+
+    torch.manual_seed(0)
+    backbone = SAIGBackbone(BACKBONE_PRESETS["saig_s"], (14, 14)).state_dict()
+    torch.save({"state_dict": {**backbone, "head.weight": torch.zeros(1000, 384)}}, tmp_path / "imagenet.pth")
+    cfg = config_from_dict(_cfg_dict(pairs_csv, model={"preset": "saig_s", "pool": "gap",
+                                                       "init": str(tmp_path / "imagenet.pth")}))
+    model = build_training_model(cfg)
+    assert model.training
+    for branch in (model.ground, model.aerial):
+        state = branch.backbone.state_dict()
+        assert torch.equal(state["blocks.10.attn.qkv.weight"], backbone["blocks.10.attn.qkv.weight"])
+        assert state["pos_embed"].shape == (1, branch.backbone.grid[0] * branch.backbone.grid[1], 384)
