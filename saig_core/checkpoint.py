@@ -349,9 +349,11 @@ def _model_from_raw(raw: dict, path: Path, ground_size, aerial_size, pool) -> SA
     for b, grid in (("ground", cfg.ground_grid), ("aerial", cfg.aerial_grid)):
         if trained_grids[b] != grid:
             if cfg.pool == "smd" and f"{b}.head.linear1.weight" in state:
+                n_trained = trained_grids[b][0] * trained_grids[b][1]
                 raise CheckpointError(
-                    f"{path}: the {b} SMD head was trained for a {trained_grids[b][0]}x{trained_grids[b][1]} "
-                    f"token grid and cannot run at {grid[0]}x{grid[1]}; use the training image size"
+                    f"{path}: the {b} SMD head was trained for {n_trained} tokens and cannot run at a "
+                    f"{grid[0]}x{grid[1]} token grid ({grid[0] * grid[1]} tokens); pass the {b} image size "
+                    "it was trained at"
                 )
             key = f"{b}.backbone.pos_embed"
             if key in state:
