@@ -27,6 +27,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputMultipleLayers,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
@@ -43,8 +44,10 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 
+from . import styles
 from .backend import BackendCanceled, BackendError, BackendRun, format_errors, run_backend
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -54,6 +57,32 @@ DEVICE_LABELS = ("Auto (CUDA when available)", "CUDA (GPU)", "CPU")
 
 def tr(text: str) -> str:
     return QCoreApplication.translate("SAIG", text)
+
+
+class _Styler(QgsProcessingLayerPostProcessorInterface):
+    """Styles an output that Processing loads into the project after a toolbox or batch run."""
+
+    def __init__(self, style: Callable) -> None:
+        super().__init__()
+        self.style = style
+
+    def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802 (QGIS's name)
+        self.style(layer)
+
+
+# The context owns (and deletes) its post-processors but Python must keep their Python side alive,
+# or sip drops the subclass; finished ones (deleted by their context) are pruned on the next run.
+_LIVE_STYLERS: list = []
+
+
+def style_on_load(context: QgsProcessingContext, layer_id: str, name: str) -> None:
+    """When Processing will load this output (toolbox, batch), style it like the dock does."""
+    if not layer_id or not context.willLoadLayerOnCompletion(layer_id):
+        return
+    _LIVE_STYLERS[:] = [s for s in _LIVE_STYLERS if not sip.isdeleted(s)]
+    styler = _Styler(getattr(styles, f"style_{name}"))
+    _LIVE_STYLERS.append(styler)
+    context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(styler)
 
 
 class SaigAlgorithm(QgsProcessingAlgorithm):
@@ -429,6 +458,14 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
                         "PHOTOS_FAILED": len(run.errors)})
         if heatmap_dir:
             outputs[self.HEATMAP_DIR] = heatmap_dir
+        style_on_load(context, outputs[self.OUTPUT], "candidates")
+        style_on_load(context, outputs.get(self.EXIF_OUTPUT, ""), "exif")
+        if context.project() is not None:
+            for path in outputs["HEATMAPS"]:
+                name = tr("SAIG heatmap {}").format(os.path.splitext(os.path.basename(path))[0])
+                context.addLayerToLoadOnCompletion(path, QgsProcessingContext.LayerDetails(
+                    name, context.project(), "HEATMAPS"))
+                style_on_load(context, path, "heatmap")
         return outputs
 
     def _write_outputs(self, parameters, context, photo_results: list[dict], heatmaps: dict) -> dict:

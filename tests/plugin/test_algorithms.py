@@ -196,6 +196,29 @@ def assert_heatmap_peaks_at(path: str, x: float, y: float) -> None:
     assert extent.yMinimum() >= ORTHO_EXTENT[1] - CHIP_M and extent.yMaximum() <= ORTHO_EXTENT[3] + CHIP_M
 
 
+def test_toolbox_runs_load_candidates_and_heatmaps_styled_like_the_dock(world, tmp_path):
+    from qgis.core import QgsProcessingOutputLayerDefinition
+
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("saig:geolocatephotos")
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    feedback = RecordingFeedback()
+    results, ok = algorithm.run({
+        "PHOTOS": world.photos[:2], "INDEX": str(world.index), "TOP_K": 3, "DEVICE": 2,
+        "OUTPUT": QgsProcessingOutputLayerDefinition(str(tmp_path / "c.gpkg"), QgsProject.instance()),
+        "HEATMAP_DIR": str(tmp_path / "heatmaps")}, context, feedback)
+    assert ok, feedback.errors
+    to_load = context.layersToLoadOnCompletion()
+    assert results["OUTPUT"] in to_load and all(h in to_load for h in results["HEATMAPS"])
+    renderers = {}
+    for source, details in to_load.items():  # what Processing does after a toolbox or batch run
+        layer = QgsRasterLayer(source, details.name) if source.endswith(".tif") else QgsVectorLayer(source)
+        details.postProcessor().postProcessLayer(layer, context, feedback)
+        renderers[source] = layer.renderer().type()
+    assert renderers[results["OUTPUT"]] == "graduatedSymbol"
+    assert {renderers[h] for h in results["HEATMAPS"]} == {"singlebandpseudocolor"}
+
+
 def test_geolocatephotos_with_a_prior_radius_keeps_candidates_near_the_exif_position(world, tmp_path):
     photo = world.photos[0]
     ok, results, feedback = _geolocate(world, tmp_path, PHOTOS=[photo], PRIOR_RADIUS_M=60.0, TOP_K=20)
