@@ -1,10 +1,7 @@
 """The SAIG dock driven through its widgets and signals, with real tasks and the real backend."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 import time
 
 import pytest
@@ -18,11 +15,10 @@ from qgis.core import (
 from qgis.gui import QgsMapCanvas, QgsMessageBar
 from qgis.PyQt.QtCore import QCoreApplication
 
-from conftest import ARTIFACTS, CHIP_M, ORTHO_CRS, REPO, STRIDE_M, SignalRecorder, wait_until
+from conftest import CHIP_M, ORTHO_CRS, STRIDE_M, SignalRecorder, wait_until
 from qgis_saig_plugin import backend
 from qgis_saig_plugin.dock import SaigDock
 
-SCREENSHOT = ARTIFACTS / "plugin-dock.png"
 
 
 @pytest.fixture
@@ -195,27 +191,3 @@ def test_a_failing_run_shows_the_reason_and_adds_no_layer(dock, world, tmp_path)
     assert not ok and "fingerprint" in text.lower()
     assert "fingerprint" in message_texts(dock).lower()
     assert QgsProject.instance().count() == 0
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="xvfb-run is not installed")
-def test_dock_with_results_under_xvfb_saves_a_screenshot(world, tmp_path):
-    from test_algorithms import run_algorithm
-
-    ok, results, feedback = run_algorithm("saig:geolocatephotos", {
-        "PHOTOS": world.photos, "INDEX": str(world.index), "TOP_K": 5, "DEVICE": 2,
-        "OUTPUT": str(tmp_path / "candidates.gpkg"), "EXIF_OUTPUT": str(tmp_path / "exif.gpkg"),
-        "HEATMAP_DIR": str(tmp_path / "heatmaps")})
-    assert ok, feedback.errors
-    results.update(INDEX=str(world.index), PHOTOS=world.photos)
-    results_file = tmp_path / "results.json"
-    results_file.write_text(json.dumps(results))
-    ARTIFACTS.mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "DISPLAY")}
-    proc = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1400x900x24", "/usr/bin/python3",
-                           str(REPO / "tests" / "plugin" / "screenshot_dock.py"), str(results_file),
-                           str(world.ortho), str(SCREENSHOT)], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["saved"] and report["rows"] == 15 and "SAIG candidates" in report["layers"]
-    assert SCREENSHOT.stat().st_size > 10_000

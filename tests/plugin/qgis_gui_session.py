@@ -1,0 +1,66 @@
+"""Run inside the real QGIS desktop (``qgis --code qgis_gui_session.py``), driven by test_qgis_desktop.py.
+
+The plugin is installed and enabled in a temporary profile; this script finds it among QGIS's loaded
+plugins, opens its dock, geolocates photos through the dock with the real backend, saves a screenshot
+of the main window and a JSON report, then quits QGIS. Settings come from the JSON file named by
+SAIG_GUI_SPEC: {"ortho", "index", "photos", "screenshot", "report"}.
+"""
+import json
+import os
+import traceback
+
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+from qgis.PyQt.QtCore import QEventLoop, QTimer
+from qgis.utils import active_plugins, iface, plugins
+
+SPEC = json.load(open(os.environ["SAIG_GUI_SPEC"]))
+report = {"loaded": "qgis_saig_plugin" in active_plugins}
+
+
+def wait_for(signal, timeout_ms: int) -> tuple:
+    """Block in a local event loop until ``signal`` fires (or the timeout)."""
+    loop, got = QEventLoop(), []
+    signal.connect(lambda *args: (got.append(args), loop.quit()))
+    QTimer.singleShot(timeout_ms, loop.quit)
+    loop.exec_()
+    return got[0] if got else (False, "timeout")
+
+
+def settle(ms: int) -> None:
+    loop = QEventLoop()
+    QTimer.singleShot(ms, loop.quit)
+    loop.exec_()
+
+
+def run() -> None:
+    plugin = plugins["qgis_saig_plugin"]
+    dock = plugin.dock
+    report["menu_actions"] = [a.text() for a in plugin.actions]
+    report["provider"] = QgsApplication.processingRegistry().providerById("saig") is not None
+    plugin.actions[0].setChecked(True)  # the toolbar button shows the dock
+    report["dock_visible"] = dock.isVisible()
+
+    ortho = QgsRasterLayer(SPEC["ortho"], "orthophoto")
+    QgsProject.instance().addMapLayer(ortho)
+    iface.mapCanvas().setExtent(ortho.extent())
+    dock.index_dir.setFilePath(SPEC["index"])
+    dock.photos.setFilePath(" ".join(f'"{p}"' for p in SPEC["photos"]))
+    dock.top_k.setValue(5)
+    dock.device.setCurrentIndex(2)
+    dock.run_button.click()
+    ok, text = wait_for(dock.run_finished, 120000)
+    report.update(run_ok=ok, run_text=text, rows=dock.table.rowCount(),
+                  layers=sorted(layer.name() for layer in QgsProject.instance().mapLayers().values()))
+    iface.mapCanvas().refreshAllLayers()
+    settle(3000)
+    report["screenshot"] = iface.mainWindow().grab().save(SPEC["screenshot"])
+
+
+try:
+    run()
+except Exception:  # the report carries the failure to the test
+    report["error"] = traceback.format_exc()
+finally:
+    with open(SPEC["report"], "w") as f:
+        json.dump(report, f)
+    QTimer.singleShot(0, QgsApplication.instance().quit)
