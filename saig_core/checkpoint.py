@@ -257,18 +257,20 @@ def _trained_grid(num_tokens: int, requested: tuple[int, int], branch: str, path
     """The grid an authors' or ImageNet pos_embed was trained at.
 
     The requested grid when its token count matches, else a published training grid of that
-    branch with this token count, else a square grid.
+    branch with this token count, else (aerial and ImageNet only: square images) a square grid.
+    A ground panorama grid is never guessed: resizing from a wrong grid would scramble positions.
     """
     if requested[0] * requested[1] == num_tokens:
         return requested
     if num_tokens in _PUBLISHED_GRIDS.get(branch, {}):
         return _PUBLISHED_GRIDS[branch][num_tokens]
     side = int(round(num_tokens**0.5))
-    if side * side == num_tokens:
+    if branch != "ground" and side * side == num_tokens:
         return (side, side)
     raise CheckpointError(
         f"{path}: the {branch} pos_embed has {num_tokens} tokens, which is neither the requested "
-        f"{requested[0]}x{requested[1]} grid nor a known training grid; pass the image size it was trained at"
+        f"{requested[0]}x{requested[1]} grid nor a known training grid; load it at the {branch} image size it "
+        "was trained at (then save it in the project format to run it at other sizes)"
     )
 
 

@@ -164,6 +164,13 @@ def test_authors_gap_checkpoint_runs_at_another_grid_with_resized_positions(tmp_
     torch.testing.assert_close(model.ground.backbone.pos_embed, expected.permute(0, 2, 3, 1).reshape(1, 64, 384))
 
 
+def test_an_unknown_ground_grid_is_not_guessed(tmp_path):
+    path = tmp_path / "gap.pth"
+    _authors_file(path, smd=False)  # 16 ground tokens: 2x8? 4x4? unknowable
+    with pytest.raises(CheckpointError, match=r"ground pos_embed has 16 tokens.*image size it was trained at"):
+        load_checkpoint(path, aerial_size=AERIAL)
+
+
 def test_authors_smd_checkpoint_refuses_another_grid(tmp_path):
     path = tmp_path / "smd.pth"
     _authors_file(path, smd=True, tokens=256)
