@@ -4,9 +4,10 @@ Kinds (``--index-type``):
 
 * ``flat``: exact ``IndexFlatIP``; 4 x D bytes per chip. Used by ``auto`` up to :data:`FLAT_MAX` chips
   (at 200,000 x 384-d: 307 MB, exact search in a few tens of ms on 2 cores).
-* ``ivfpq``: ``IVF{nlist},PQ{D/2}x4fs`` with an exact-search-free re-rank by 8-bit PQ codes
-  (``Refine``): fast-scan 4-bit PQ finds candidates, ``PQ{D/8}x8`` codes re-rank them; see
-  ``benchmarks/search.py`` for the measured latency, recall and bytes per chip. ``auto`` above FLAT_MAX.
+* ``ivfpq``: ``IVF{nlist},PQ{M}`` (inner product, residual encoding, 8-bit codes), with ``M`` the
+  largest divisor of D not above min(128, D/2): at most 128 bytes per chip, ``nlist`` about
+  sqrt(count) (a power of two), ``nprobe`` :data:`NPROBE`. ``auto`` above FLAT_MAX. Measured in
+  ``benchmarks/search.py`` (latency, recall@10 against exact search, bytes per chip).
 
 Every kind answers :func:`search` (optionally restricted to a subset of ids) and :func:`scores_for`
 (similarity of a query to every chip, from the stored codes, chunked to bound memory) so heatmaps
@@ -20,6 +21,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 FLAT_MAX = 200_000
+NPROBE = 32
 KINDS = ("flat", "ivfpq")
 
 
@@ -35,22 +37,20 @@ def factory_string(kind: str, dim: int, count: int) -> str:
     """The FAISS factory string of an index kind for ``count`` vectors of ``dim``."""
     if kind == "flat":
         return "Flat"
-    m8 = _divisor_near(dim, max(1, dim // 8))
-    nlist = int(min(65536, max(16, 2 ** round(math.log2(4 * math.sqrt(max(count, 1)))))))
-    m4 = _divisor_near(dim, max(1, dim // 2))
-    if m4 % 2:
-        m4 = _divisor_near(dim, m4 - 1)
-    return f"IVF{nlist},PQ{m4}x4fs,Refine(PQ{m8})"
-
-
-def _divisor_near(dim: int, target: int) -> int:
-    return min((m for m in range(1, dim + 1) if dim % m == 0), key=lambda m: (abs(m - target), -m))
+    nlist = int(min(65536, max(16, 2 ** round(math.log2(math.sqrt(max(count, 1)))))))
+    m = max(d for d in range(1, min(128, max(1, dim // 2)) + 1) if dim % d == 0)
+    return f"IVF{nlist},PQ{m}"
 
 
 def make_index(kind: str, dim: int, count: int):
     import faiss
 
-    return faiss.index_factory(dim, factory_string(kind, dim, count), faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_factory(dim, factory_string(kind, dim, count), faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.try_extract_index_ivf(index)
+    ivf = faiss.downcast_index(ivf) if ivf is not None else None
+    if ivf is not None and hasattr(ivf, "do_polysemous_training"):
+        ivf.do_polysemous_training = False  # minutes of training for a Hamming filter search never uses
+    return index
 
 
 def train_size(index) -> int:
@@ -61,7 +61,7 @@ def train_size(index) -> int:
         return 0
     ivf = faiss.try_extract_index_ivf(index)
     nlist = ivf.nlist if ivf is not None else 256
-    return max(50 * nlist, 10_000)
+    return max(50 * nlist, 20_000)
 
 
 def build(kind: str, dim: int, count: int, chunks: Callable[[], Iterable[np.ndarray]]):
@@ -82,15 +82,13 @@ def build(kind: str, dim: int, count: int, chunks: Callable[[], Iterable[np.ndar
     return index
 
 
-def set_search_defaults(index, nprobe: int = 32, k_factor: float = 4.0) -> None:
-    """Search-time knobs of compressed kinds (values measured in benchmarks/search.py)."""
+def set_search_defaults(index, nprobe: int | None = None) -> None:
+    """Search-time knobs of compressed kinds (the default measured in benchmarks/search.py)."""
     import faiss
 
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
-        ivf.nprobe = min(nprobe, ivf.nlist)
-    if isinstance(index, faiss.IndexRefine):
-        index.k_factor = k_factor
+        ivf.nprobe = min(nprobe or NPROBE, ivf.nlist)
 
 
 def search(index, queries: np.ndarray, k: int, subset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -121,13 +119,10 @@ def scores_for(index, queries: np.ndarray, ids: np.ndarray | None = None, chunk:
 
 
 def reconstruct(index, ids: np.ndarray) -> np.ndarray:
-    """Stored vectors (decoded codes for compressed kinds; the re-rank codes for Refine)."""
+    """Stored vectors (decoded codes for compressed kinds, so scores match the search's)."""
     import faiss
 
-    target = index
-    if isinstance(index, faiss.IndexRefine):
-        target = faiss.downcast_index(index.refine_index)
-    ivf = faiss.try_extract_index_ivf(target)
+    ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
         ivf.make_direct_map()
-    return target.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+    return index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))

@@ -1,0 +1,214 @@
+"""Photos, EXIF and `saig locate`: candidates, GeoPackage layers, priors, heatmaps, refusals."""
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+from PIL.TiffImagePlugin import IFDRational
+from pyproj import Geod, Transformer
+
+from tiling import search
+from tiling.heatmap import NODATA
+from tiling.photos import GroundInput, PhotoError, read_photo
+from tiling_fixtures import GROUND, json_lines, micro_checkpoint, ortho, photo, run, texture, write_raster
+
+
+def gps_exif(lat: float, lon: float, heading=None, ref="T") -> Image.Exif:
+    def dms(v):
+        d = int(v)
+        m = int((v - d) * 60)
+        return (float(d), float(m), round((v - d - m / 60) * 3600, 4))
+
+    ex = Image.Exif()
+    gps = {1: "N" if lat >= 0 else "S", 2: dms(abs(lat)), 3: "E" if lon >= 0 else "W", 4: dms(abs(lon))}
+    if heading is not None:
+        gps.update({16: ref, 17: float(heading)})
+    ex[0x8825] = gps
+    return ex
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    """An index over a raster with a nodata hole (cells without chips), and photos."""
+    tmp = tmp_path_factory.mktemp("locate")
+    ckpt = micro_checkpoint(tmp / "micro.pt")
+    data = texture(200, 200, seed=5)
+    data[:, 60:140, 60:140] = 0  # a 40 m nodata square in the middle
+    tif = write_raster(tmp / "ortho.tif", data, nodata=0)
+    out = tmp / "idx"
+    run("index", "build", tif, "--checkpoint", ckpt, "--chip-size-m", 20, "--stride-m", 10, "--out", out)
+    lon, lat = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True).transform(500_025.0, 5_000_075.0)
+    photos = tmp / "photos"
+    photos.mkdir()
+    photo(photos / "a_gps.jpg", exif=gps_exif(lat, lon, 40.0, "M"))
+    photo(photos / "b_plain.png", seed=2)
+    photo(photos / "c_pano.jpg", size=(512, 128), seed=3)
+    return tmp, ckpt, out, photos, (lon, lat)
+
+
+def test_real_photos_exif_position_and_true_or_magnetic_heading(shared_data):
+    folder = shared_data / "photos_gps"
+    iphone = read_photo(folder / "iphone_hdr_NO.jpg").exif
+    assert iphone.heading == pytest.approx(212.87, abs=0.01) and iphone.heading_ref == "T"
+    assert (iphone.lat, iphone.lon) == pytest.approx((40.44697, -3.72475), abs=1e-4)  # Madrid
+    nokia = read_photo(folder / "HMD_Nokia_8.3_5G.jpg").exif
+    assert nokia.heading == pytest.approx(56.0) and nokia.heading_ref == "M"
+    assert (nokia.lat, nokia.lon) == pytest.approx((60.1467, 24.9068), abs=1e-3)  # Helsinki
+    for name in ("DSCN0010.jpg", "DSCN0042.jpg"):
+        arezzo = read_photo(folder / name).exif
+        assert arezzo.heading is None and 43.4 < arezzo.lat < 43.5 and 11.8 < arezzo.lon < 11.9
+        assert not arezzo.warnings
+    lund = read_photo(folder / "lund_sequence" / "01.jpg")
+    assert 55.6 < lund.exif.lat < 55.8 and 13.1 < lund.exif.lon < 13.3 and lund.image.size == (1024, 768)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    ex = Image.Exif()
+    ex[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = photo(tmp_path / "rot.jpg", size=(160, 120), exif=ex)
+    assert read_photo(path).image.size == (120, 160)
+
+
+def test_garbage_exif_is_ignored_with_warnings_naming_the_file(tmp_path):
+    ex = Image.Exif()
+    ex[0x8825] = {1: "N", 2: (IFDRational(45, 0), 8.0, 30.5), 3: "E", 4: (15.0, 0.0, 1.0), 17: 999.0}
+    path = photo(tmp_path / "garbage.jpg", exif=ex)
+    exif = read_photo(path).exif
+    assert exif.lat is None and exif.heading is None and exif.as_json() is None
+    assert len(exif.warnings) == 2 and all(str(path) in w for w in exif.warnings)
+    assert "GPSImgDirection 999" in exif.warnings[1]
+
+
+def test_unreadable_photos_raise_errors_naming_the_file(tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("hello")
+    truncated = tmp_path / "cut.jpg"
+    full = photo(tmp_path / "full.jpg", size=(400, 300))
+    truncated.write_bytes(full.read_bytes()[:600])
+    for path in (text, truncated, tmp_path / "missing.jpg"):
+        with pytest.raises(PhotoError) as err:
+            read_photo(path)
+        assert str(path) in str(err.value)
+
+
+def test_wide_images_are_panoramas_and_others_limited_fov_inputs(tmp_path):
+    ground = GroundInput(GROUND)
+    pano = read_photo(photo(tmp_path / "p.jpg", size=(512, 128)))
+    normal = read_photo(photo(tmp_path / "n.jpg", size=(160, 120)))
+    assert ground.describe(pano, None) == ("panorama", 360.0) and ground.describe(normal, None) == ("fov", 90.0)
+    assert ground.tensor(pano).shape == ground.tensor(normal).shape == (3, *GROUND)
+    canvas = GroundInput(GROUND, placement="canvas", heading_known=True)
+    normal.exif.heading = 90.0
+    x = canvas.tensor(normal, fov_override=90.0)
+    filled = (x != 0).any(dim=0).any(dim=0).nonzero().ravel()
+    assert filled.min() == 16 and filled.max() == 47  # 90 deg wide (32 columns) centred on east (column 32)
+
+
+def test_locate_json_lines_and_geopackage_layers(indexed):
+    tmp, _, index, photos, (lon, lat) = indexed
+    bad = photos.parent / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    out = tmp / "results.gpkg"
+    proc = run("locate", photos, bad, "--index", index, "-k", 5, "--out", out, "--json", check=False)
+    events = json_lines(proc.stdout)
+    assert proc.returncode == 1  # one photo failed, the others were located
+    results = [e for e in events if e["event"] == "result"]
+    errors = [e for e in events if e["event"] == "error"]
+    assert [e["file"] for e in errors] == [str(bad)] and str(bad) in errors[0]["message"]
+    assert [r["photo"] for r in results] == [str(photos / n) for n in ("a_gps.jpg", "b_plain.png", "c_pano.jpg")]
+    gps = results[0]
+    assert gps["exif"]["heading"] == 40.0 and gps["exif"]["heading_ref"] == "M"
+    assert gps["exif"]["lat"] == pytest.approx(lat, abs=1e-6) and gps["heatmap"] is None
+    assert results[1]["exif"] is None
+    for r in results:
+        ranks = [c["rank"] for c in r["candidates"]]
+        scores = [c["score"] for c in r["candidates"]]
+        assert ranks == [1, 2, 3, 4, 5] and scores == sorted(scores, reverse=True)
+        assert set(r["candidates"][0]) == {"rank", "score", "chip_id", "lon", "lat", "x", "y", "distance_m"}
+    geod = Geod(ellps="WGS84")
+    for c in gps["candidates"]:
+        assert c["distance_m"] == pytest.approx(geod.inv(lon, lat, c["lon"], c["lat"])[2], abs=1e-3)
+    cands = gpd.read_file(out, layer="candidates")
+    photo_layer = gpd.read_file(out, layer="photos")
+    assert cands.crs.to_epsg() == 4326 and len(cands) == 15
+    assert np.allclose(cands.geometry.x, cands["lon"]) and np.allclose(cands.geometry.y, cands["lat"])
+    assert len(photo_layer) == 3 and photo_layer.geometry.notna().sum() == 1
+    assert list(photo_layer["input"]) == ["fov", "fov", "panorama"]
+
+
+def test_prior_radius_restricts_candidates_to_chips_near_the_exif_position(indexed):
+    tmp, _, index, photos, _ = indexed
+    proc = run("--progress", "json", "locate", photos / "a_gps.jpg", photos / "b_plain.png", "--index", index,
+               "-k", 50, "--prior-radius-m", 16, "--out", tmp / "prior.gpkg", "--json")
+    events = json_lines(proc.stdout)
+    results = [e for e in events if e["event"] == "result"]
+    near = results[0]["candidates"]
+    assert 0 < len(near) < 50 and all(c["distance_m"] <= 16 for c in near)
+    assert len(results[1]["candidates"]) == 50  # no EXIF position: searched everywhere, with a warning
+    assert any(e["event"] == "log" and e["level"] == "warning" and "b_plain.png" in e["message"] for e in events)
+
+
+def test_heatmap_values_sit_on_chip_centres_and_its_maximum_is_the_top_candidate(indexed):
+    tmp, _, index, photos, _ = indexed
+    heat_dir = tmp / "heat"
+    proc = run("locate", photos / "b_plain.png", "--index", index, "-k", 3, "--out", tmp / "h.gpkg",
+               "--heatmap-dir", heat_dir, "--json")
+    result = json_lines(proc.stdout)[-1]
+    import faiss
+
+    from tiling.manifest import read_manifest
+
+    chips = read_manifest(index / "chips.gpkg")
+    with rasterio.open(result["heatmap"]) as src:
+        heat = src.read(1)
+        assert src.dtypes[0] == "float32" and src.nodata == NODATA and src.crs.to_epsg() == 32633
+        transform = src.transform
+    t = transform
+    rows = np.floor((chips["y"].to_numpy() - t.f) / t.e).astype(int)  # the pixel containing each chip centre
+    cols = np.floor((chips["x"].to_numpy() - t.c) / t.a).astype(int)
+    centres = np.stack([t.c + (cols + 0.5) * t.a, t.f + (rows + 0.5) * t.e], axis=1)
+    # every chip has its own pixel, centred exactly on the chip's footprint centre
+    np.testing.assert_allclose(centres, chips[["x", "y"]].to_numpy(), atol=1e-6)
+    assert len(set(zip(rows, cols))) == len(chips)
+    # ... holding the chip's score, and no chip means nodata (the hole in the raster)
+    from tiling.locate import LoadedIndex, load_model_for_index
+    from tiling.photos import read_photo as rp
+
+    loaded = LoadedIndex(index)
+    model, ground = load_model_for_index(loaded, None, "cpu")
+    import torch
+
+    with torch.inference_mode():
+        q = model.encode_ground(ground.tensor(rp(photos / "b_plain.png"))[None]).numpy()
+    np.testing.assert_allclose(heat[rows, cols], search.scores_for(faiss.read_index(str(index / "index.faiss")), q)[0],
+                               atol=1e-5)
+    assert (heat == NODATA).sum() == heat.size - len(chips) > 0
+    # the maximum pixel is the top-1 candidate
+    r, c = np.unravel_index(np.argmax(heat), heat.shape)
+    top = result["candidates"][0]
+    assert (transform.c + (c + 0.5) * transform.a, transform.f + (r + 0.5) * transform.e) == pytest.approx(
+        (top["x"], top["y"]), abs=1e-6)
+    assert heat[r, c] == pytest.approx(top["score"], abs=1e-5)
+
+
+def test_a_checkpoint_with_another_fingerprint_is_refused(indexed):
+    tmp, _, index, photos, _ = indexed
+    other = micro_checkpoint(tmp / "other.pt", seed=1)
+    out = tmp / "refused.gpkg"
+    proc = run("locate", photos, "--index", index, "--checkpoint", other, "--out", out, check=False)
+    assert proc.returncode == 1 and "does not match the index" in proc.stderr and str(other) in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_locate_refuses_an_index_with_a_corrupted_file(indexed, tmp_path):
+    import shutil
+
+    _, _, index, photos, _ = indexed
+    copy = tmp_path / "idx"
+    shutil.copytree(index, copy)
+    with open(copy / "index.faiss", "ab") as f:
+        f.write(b"tampered")
+    proc = run("locate", photos / "b_plain.png", "--index", copy, "--out", tmp_path / "r.gpkg", check=False)
+    assert proc.returncode == 1 and str(copy / "index.faiss") in proc.stderr
