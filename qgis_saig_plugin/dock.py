@@ -355,6 +355,8 @@ class SaigDock(QgsDockWidget):
         self.job = None
         self._set_running(False)
         signal = self.run_finished if job.kind == "locate" else self.build_finished
+        if not ok and job.extra.get("run_dir"):
+            _remove_if_empty(job.extra["run_dir"])
         if job.feedback.isCanceled():
             self.progress.setValue(0)
             self._message("SAIG", "Canceled: nothing was written or added to the map.", Qgis.Info)
@@ -558,6 +560,14 @@ def _thumbnail(path: str) -> QIcon:
     if image.isNull():
         return QIcon()
     return QIcon(QPixmap.fromImage(image))
+
+
+def _remove_if_empty(folder: str) -> None:
+    """Remove a run's folder when the run wrote nothing into it (canceled or failed)."""
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass
 
 
 def _last_error(errors: list[str]) -> str:
