@@ -177,7 +177,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | os.PathLike, reporter: Reporter | None = None,
                  resume: bool = False) -> None:
         self.cfg, self.out = cfg, Path(out_dir)
-        self.ctx = D.init_distributed(cfg.train.device)
+        try:
+            self.ctx = D.init_distributed(cfg.train.device)
+        except RuntimeError as e:  # e.g. device "cuda" without a GPU
+            raise ConfigError(f"{cfg.source}: train.device {cfg.train.device!r}: {e}") from None
         self.reporter = reporter if (reporter is not None and self.ctx.main) else Reporter("none")
         self.device = self.ctx.device
         t = cfg.train

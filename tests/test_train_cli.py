@@ -89,3 +89,28 @@ def test_train_refuses_to_overwrite_an_existing_run_and_names_bad_config_keys(tm
     missing = _config(tmp_path, {"data": {"train": "nowhere.csv"}})
     err = _run("train", "--config", str(missing), "--out", str(tmp_path / "r3"), check=False)
     assert err.returncode == 1 and "nowhere.csv" in err.stderr and "Traceback" not in err.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path):
+    import signal
+    import time
+
+    cfg = _config(tmp_path, {"train": {"epochs": 3, "tensorboard": False}, "optim": {"asam": True, "rho": 0.5},
+                             "augment": {"shift": True, "jitter": 0.2}})
+    _run("train", "--config", str(cfg), "--out", str(tmp_path / "full"))
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([*SAIG, "train", "--config", str(cfg), "--out", str(run)], env=ENV, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run / "train_state.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # mid-run, as a pre-empted machine would
+    proc.wait()
+    done = torch.load(run / "train_state.pt", weights_only=True)["run"]["epoch"]
+    assert 1 <= done < 3
+    _run("train", "--config", str(cfg), "--out", str(run), "--resume")
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(run / "last.pt", weights_only=True)["state_dict"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
