@@ -177,11 +177,8 @@ def test_heatmap_values_sit_on_chip_centres_and_its_maximum_is_the_top_candidate
     from tiling.photos import read_photo as rp
 
     loaded = LoadedIndex(index)
-    model, ground = load_model_for_index(loaded, None, "cpu")
-    import torch
-
-    with torch.inference_mode():
-        q = model.encode_ground(ground.tensor(rp(photos / "b_plain.png"))[None]).numpy()
+    encoder, ground = load_model_for_index(loaded, None, "cpu")
+    q = encoder.encode("ground", ground.tensor(rp(photos / "b_plain.png"))[None]).numpy()
     np.testing.assert_allclose(heat[rows, cols], search.scores_for(faiss.read_index(str(index / "index.faiss")), q)[0],
                                atol=1e-5)
     assert (heat == NODATA).sum() == heat.size - len(chips) > 0

@@ -192,7 +192,8 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
     import torch
 
     from saig_core.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint
-    from saig_core.device import autocast, describe_device, resolve_device
+    from saig_core.device import describe_device, resolve_device
+    from saig_core.encode import Encoder
     from saig_core.preprocess import MEAN, STD
 
     out = Path(out)
@@ -201,8 +202,9 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
     if opts.batch_size < 1 or opts.shard_chips < 1:
         raise SaigError("--batch-size and the shard size must be at least 1")
     device = resolve_device(opts.device)
-    model = load_checkpoint(opts.checkpoint).to(device).eval()
+    model = load_checkpoint(opts.checkpoint)
     fingerprint = model_fingerprint(model)
+    encoder = Encoder(model, device=device)
     reporter.log(f"model {model.cfg.preset} ({model.descriptor_dim}-d), fingerprint {fingerprint[:16]}, "
                  f"encoding on {describe_device(device)}")
     # a model trained on polar-transformed aerials gets chips cut at twice its input, then polar-transformed
@@ -233,8 +235,8 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
             prog = _load_progress(shard_dir)
             if prog.shards:
                 reporter.log(f"resuming {work}: {prog.count} chips already encoded in {len(prog.shards)} shard(s)")
-            _encode(planner, model, device, prog, shard_dir, opts, reporter, failed,
-                    lambda: autocast(device), MEAN, STD, torch, aerial if polar else None)
+            _encode(planner, encoder, prog, shard_dir, opts, reporter, failed, MEAN, STD, torch,
+                    aerial if polar else None)
             _finalise(work, planner, params, model, fingerprint, opts, reporter, polar)
         meta = json.loads((work / METADATA_FILE).read_text())
         for f in meta["failed_sources"]:
@@ -246,9 +248,8 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
         close_sources(planner.sources)
 
 
-def _encode(planner, model, device, prog: _Progress, shard_dir: Path, opts: BuildOptions, reporter: Reporter,
-            failed: list[str], autocast_ctx, mean: float, std: float, torch,
-            polar_size: tuple[int, int] | None) -> None:
+def _encode(planner, encoder, prog: _Progress, shard_dir: Path, opts: BuildOptions, reporter: Reporter,
+            failed: list[str], mean: float, std: float, torch, polar_size: tuple[int, int] | None) -> None:
     from saig_core.transforms import polar_transform
 
     total = planner.count()
@@ -266,14 +267,14 @@ def _encode(planner, model, device, prog: _Progress, shard_dir: Path, opts: Buil
 
     def commit() -> None:
         nonlocal pending_desc, pending_rec, pending_skipped, number
-        desc = np.concatenate(pending_desc) if pending_desc else np.zeros((0, model.descriptor_dim), np.float32)
+        desc = np.concatenate(pending_desc) if pending_desc else np.zeros((0, encoder.descriptor_dim), np.float32)
         _write_shard(shard_dir, number, desc, pending_rec, seq, pending_skipped, prog.failed_sources)
         number += 1
         pending_desc, pending_rec, pending_skipped = [], [], 0
 
     thread.start()
     try:
-        with reporter.task("index", total) as task, torch.inference_mode():
+        with reporter.task("index", total) as task:
             task.update(seq)
             while True:
                 item = q.get()
@@ -291,11 +292,10 @@ def _encode(planner, model, device, prog: _Progress, shard_dir: Path, opts: Buil
                     commit()
                     break
                 _, chips, batch, next_seq, skipped = item
-                x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255.0).sub_(mean).div_(std)
+                x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0).sub_(mean).div_(std)
                 if polar_size is not None:
                     x = torch.stack([polar_transform(xi, polar_size) for xi in x])
-                with autocast_ctx():
-                    d = model.encode_aerial(x).float().cpu().numpy()
+                d = encoder.encode("aerial", x).numpy()
                 pending_desc.append(d)
                 pending_rec.extend(chip_records(chips))
                 pending_skipped += skipped

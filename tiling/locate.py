@@ -71,8 +71,9 @@ class LoadedIndex:
 
 
 def load_model_for_index(index: LoadedIndex, checkpoint: str | None, device):
-    """The index's model (checkpoint given or recorded), refusing one with another fingerprint."""
+    """An encoder for the index's model (checkpoint given or recorded), refusing another fingerprint."""
     from saig_core.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint
+    from saig_core.encode import Encoder
 
     recorded = index.meta["model"]
     path = checkpoint or recorded.get("checkpoint")
@@ -80,7 +81,7 @@ def load_model_for_index(index: LoadedIndex, checkpoint: str | None, device):
         raise SaigError(f"{index.dir}: records no checkpoint; pass --checkpoint")
     if not Path(path).is_file():
         raise SaigError(f"checkpoint {path} (recorded in {index.dir / 'metadata.json'}) is missing; pass --checkpoint")
-    model = load_checkpoint(path).to(device).eval()
+    model = load_checkpoint(path)
     fp = model_fingerprint(model)
     if fp != recorded["fingerprint"]:
         raise FingerprintMismatch(
@@ -88,7 +89,7 @@ def load_model_for_index(index: LoadedIndex, checkpoint: str | None, device):
             f"{recorded['fingerprint'][:16]}... from {recorded.get('checkpoint')}); use that checkpoint or rebuild "
             "the index with this one")
     metadata = read_checkpoint(path).get("metadata", {}) or {}
-    return model, GroundInput.from_metadata(tuple(model.cfg.ground_size), metadata)
+    return Encoder(model, device=device), GroundInput.from_metadata(tuple(model.cfg.ground_size), metadata)
 
 
 def _fail(reporter: Reporter, opts: LocateOptions, path, message: str) -> None:
@@ -101,10 +102,9 @@ def _fail(reporter: Reporter, opts: LocateOptions, path, message: str) -> None:
 
 def locate_photos(inputs: list[str], out: str | os.PathLike, opts: LocateOptions, reporter: Reporter) -> int:
     """Locate every photo; returns the number that failed (each reported as it happens)."""
-    import torch
     from pyproj import Geod
 
-    from saig_core.device import autocast, resolve_device
+    from saig_core.device import resolve_device
 
     out = Path(out)
     if out.exists() and not opts.overwrite:
@@ -118,7 +118,7 @@ def locate_photos(inputs: list[str], out: str | os.PathLike, opts: LocateOptions
         raise SaigError(f"no photo found in {', '.join(map(str, inputs))}")
     device = resolve_device(opts.device)
     index = LoadedIndex(opts.index)
-    model, ground = load_model_for_index(index, opts.checkpoint, device)
+    encoder, ground = load_model_for_index(index, opts.checkpoint, device)
     heat_dir = Path(opts.heatmap_dir) if opts.heatmap_dir else None
     if heat_dir:
         heat_dir.mkdir(parents=True, exist_ok=True)
@@ -127,8 +127,7 @@ def locate_photos(inputs: list[str], out: str | os.PathLike, opts: LocateOptions
     with reporter.task("locate", len(photos)) as task:
         for path in photos:
             try:
-                row, cands = _locate_one(path, index, model, ground, device, geod, heat_dir, opts, reporter,
-                                         autocast, torch)
+                row, cands = _locate_one(path, index, encoder, ground, geod, heat_dir, opts, reporter)
             except (PhotoError, SaigError) as e:
                 failed += 1
                 _fail(reporter, opts, path, str(e))
@@ -144,15 +143,13 @@ def locate_photos(inputs: list[str], out: str | os.PathLike, opts: LocateOptions
     return failed
 
 
-def _locate_one(path: Path, index: LoadedIndex, model, ground: GroundInput, device, geod, heat_dir: Path | None,
-                opts: LocateOptions, reporter: Reporter, autocast, torch) -> tuple[dict, list[dict]]:
+def _locate_one(path: Path, index: LoadedIndex, encoder, ground: GroundInput, geod, heat_dir: Path | None,
+                opts: LocateOptions, reporter: Reporter) -> tuple[dict, list[dict]]:
     photo = read_photo(path)
     for w in photo.exif.warnings:
         reporter.log(w, "warning")
     kind, fov = ground.describe(photo, opts.fov_deg)
-    x = ground.tensor(photo, opts.fov_deg)[None].to(device)
-    with torch.inference_mode(), autocast(device):
-        q = model.encode_ground(x).float().cpu().numpy()
+    q = encoder.encode("ground", ground.tensor(photo, opts.fov_deg)[None]).numpy()
     exif = photo.exif
     subset = None
     dist_all = None
