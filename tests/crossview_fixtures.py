@@ -42,3 +42,29 @@ def write_pairs(folder: Path, n: int, seed: int = 0, name: str = "pairs.csv", wi
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+def _image(path: Path, size, value: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (value, 255 - value, 7)).save(path)
+    return path
+
+
+def write_vigor(root: Path) -> None:
+    """A two-city VIGOR tree (NewYork, Chicago): 5 satellites and 3 panoramas per city, all label files."""
+    for city, base in (("NewYork", 40.7), ("Chicago", 41.8)):
+        sats = [f"satellite_{base + k / 1000:.6f}_-73.{k:06d}.png" for k in range(5)]
+        for s in sats:
+            _image(root / city / "satellite" / s, (32, 32))
+        d = root / "splits" / city
+        d.mkdir(parents=True)
+        (d / "satellite_list.txt").write_text("\n".join(sats) + "\n")
+        lines = []
+        for k in range(3):
+            pano = f"pano{city}{k},{base + k / 1000 + 0.0001:.6f},-73.{k:06d},.jpg"
+            _image(root / city / "panorama" / pano, (64, 32))
+            order = [k, k + 1, k + 2, (k + 3) % 5]
+            lines.append(" ".join([pano] + [f"{sats[j]} {1.5 * j:.2f} {-2.0 * j:.2f}" for j in order]))
+        (d / "same_area_balanced_train.txt").write_text("\n".join(lines[:2]) + "\n")
+        (d / "same_area_balanced_test.txt").write_text(lines[2] + "\n")
+        (d / "pano_label_balanced.txt").write_text("\n".join(lines) + "\n")

@@ -10,7 +10,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from crossview_fixtures import write_pairs
+from crossview_fixtures import write_pairs, write_vigor
 from saig_core.datasets import (
     DatasetError,
     PairDataset,
@@ -135,27 +135,8 @@ def test_cvact_missing_mat_file_is_named(tmp_path):
         load_cvact(tmp_path)
 
 
-def _write_vigor(root: Path) -> None:
-    for city, base in (("NewYork", 40.7), ("Chicago", 41.8)):
-        sats = [f"satellite_{base + k / 1000:.6f}_-73.{k:06d}.png" for k in range(5)]
-        for s in sats:
-            _img(root / city / "satellite" / s, (32, 32))
-        d = root / "splits" / city
-        d.mkdir(parents=True)
-        (d / "satellite_list.txt").write_text("\n".join(sats) + "\n")
-        lines = []
-        for k in range(3):
-            pano = f"pano{city}{k},{base + k / 1000 + 0.0001:.6f},-73.{k:06d},.jpg"
-            _img(root / city / "panorama" / pano, (64, 32))
-            order = [k, k + 1, k + 2, (k + 3) % 5]
-            lines.append(" ".join([pano] + [f"{sats[j]} {1.5 * j:.2f} {-2.0 * j:.2f}" for j in order]))
-        (d / "same_area_balanced_train.txt").write_text("\n".join(lines[:2]) + "\n")
-        (d / "same_area_balanced_test.txt").write_text(lines[2] + "\n")
-        (d / "pano_label_balanced.txt").write_text("\n".join(lines) + "\n")
-
-
 def test_vigor_same_area_and_cross_area_with_semi_positives(tmp_path):
-    _write_vigor(tmp_path)
+    write_vigor(tmp_path)
     same = load_vigor(tmp_path, "same_area", "train", cities=["NewYork", "Chicago"])
     assert len(same) == 4 and len(same.aerial) == 10
     assert same.positive == [0, 1, 5, 6] and same.semi_positives[1] == [2, 3, 4]
@@ -171,7 +152,7 @@ def test_vigor_same_area_and_cross_area_with_semi_positives(tmp_path):
 def test_vigor_file_names_carry_positions_and_bad_lines_are_named(tmp_path):
     assert vigor_latlon("satellite_40.712345_-74.001234.png") == (40.712345, -74.001234)
     assert vigor_latlon("abcDEF,40.7,-74.0,.jpg") == (40.7, -74.0)
-    _write_vigor(tmp_path)
+    write_vigor(tmp_path)
     (tmp_path / "splits" / "Chicago" / "pano_label_balanced.txt").write_text("pano.jpg satellite_x.png 0 0\n")
     with pytest.raises(DatasetError, match="pano_label_balanced.txt, line 1"):
         load_vigor(tmp_path, "cross_area", "test", cities=["Chicago"])

@@ -114,3 +114,20 @@ def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_pa
     b = torch.load(run / "last.pt", weights_only=True)["state_dict"]
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_eval_on_a_vigor_recipe_reports_the_hit_rate_over_the_full_city_gallery(tmp_path):
+    from crossview_fixtures import write_vigor
+    from saig_core import build_model, save_checkpoint
+
+    write_vigor(tmp_path / "VIGOR")
+    save_checkpoint(build_model("saig_micro", "gap", (32, 128), (64, 64)), tmp_path / "m.pt")
+    recipe = REPO / "configs" / "vigor_saig_d_smd_hardneg_asam.yaml"
+    proc = _run("eval", "--checkpoint", str(tmp_path / "m.pt"), "--config", str(recipe), "--device", "cpu",
+                "--set", f"data.root={tmp_path / 'VIGOR'}", "--set", "data.cities=[NewYork, Chicago]",
+                "--set", "model.ground_size=[32, 128]", "--set", "model.aerial_size=[64, 64]",
+                "--set", "train.num_workers=0")
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["split"] == "test" and out["queries"] == 2 and out["gallery_size"] == 10
+    assert set(out["metrics"]) == {"R@1", "R@5", "R@10", "R@1%", "hit"}
+    assert out["metrics"]["hit"] >= out["metrics"]["R@1"]
