@@ -218,3 +218,17 @@ def test_model_init_from_an_imagenet_backbone_file_loads_both_branches(tmp_path,
         state = branch.backbone.state_dict()
         assert torch.equal(state["blocks.10.attn.qkv.weight"], backbone["blocks.10.attn.qkv.weight"])
         assert state["pos_embed"].shape == (1, branch.backbone.grid[0] * branch.backbone.grid[1], 384)
+
+
+@pytest.mark.parametrize("loss,augment", [
+    ({"name": "hard_negative_triplet", "k": 2}, {"polar": True, "shift": True}),
+    ({"name": "info_nce", "symmetric": False}, {"fov_deg": [90, 180], "fov_placement": "canvas"}),
+])
+def test_every_loss_and_augmentation_path_trains_through_the_trainer(tmp_path, pairs_csv, loss, augment):
+    model = {"ground_size": [32, 128], "aerial_size": [16, 64] if augment.get("polar") else [64, 64]}
+    cfg = config_from_dict(_cfg_dict(pairs_csv, loss=loss, augment=augment, model=model,
+                                     train={"epochs": 1}, optim={"asam": False}))
+    report = train(cfg, tmp_path / "run")
+    assert report["best_epoch"] == 1 and 0.0 <= report["best"]["R@1"] <= 1.0
+    meta = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["metadata"]
+    assert meta["loss"] == loss["name"] and meta["ground_input"]["fov_deg"] == [float(f) for f in augment.get("fov_deg", [])]
