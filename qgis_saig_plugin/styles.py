@@ -32,7 +32,7 @@ RANK_CLASSES = (
     (4, 10, "Rank 4-10", "#ffffbf", 3.0),
     (11, 100000, "Rank > 10", "#abd9e9", 2.2),
 )
-HEATMAP_OPACITY = 0.6
+HEATMAP_OPACITY = 0.5
 HEATMAP_RAMP = "Magma"
 
 

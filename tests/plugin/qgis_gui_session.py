@@ -51,6 +51,8 @@ def run() -> None:
     ok, text = wait_for(dock.run_finished, 120000)
     report.update(run_ok=ok, run_text=text, rows=dock.table.rowCount(),
                   layers=sorted(layer.name() for layer in QgsProject.instance().mapLayers().values()))
+    for node in QgsProject.instance().layerTreeRoot().children():
+        node.setExpanded(node.name().startswith("SAIG results"))
     iface.mapCanvas().refreshAllLayers()
     settle(3000)
     report["screenshot"] = iface.mainWindow().grab().save(SPEC["screenshot"])
