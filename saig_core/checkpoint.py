@@ -30,7 +30,7 @@ import torch
 
 from .backbone import resize_pos_embed
 from .errors import SaigError
-from .config import BACKBONE_PRESETS, BackboneConfig, ModelConfig, token_grid
+from .config import BACKBONE_PRESETS, BackboneConfig, ModelConfig
 from .model import SAIGModel, count_parameters
 from .version import __version__
 
