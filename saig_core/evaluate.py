@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-DEFAULT_BLOCK_BYTES = 1 << 28  # 256 MiB of float32 similarities per block
+DEFAULT_BLOCK_BYTES = 1 << 26  # 64 MiB of float32 similarities per block
 
 
 def top_percent_k(gallery_size: int) -> int:
