@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import time
+from pathlib import Path
 
 import pytest
 from qgis.core import (
@@ -13,7 +13,6 @@ from qgis.core import (
     QgsRasterLayer,
 )
 from qgis.gui import QgsMapCanvas, QgsMessageBar
-from qgis.PyQt.QtCore import QCoreApplication
 
 from conftest import CHIP_M, ORTHO_CRS, STRIDE_M, SignalRecorder, wait_until
 from qgis_saig_plugin import backend
@@ -38,6 +37,30 @@ def dock():
     QgsProject.instance().clear()
     backend.set_configured_python("")
     bar.clearWidgets()  # a message bar destroyed with items still shown crashes under pytest (sip)
+
+
+def backend_children() -> list:
+    """Process ids of running `python -m saig_core` children of this process."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"saig_core" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def set_photos(dock: SaigDock, photos: list) -> None:
@@ -167,12 +190,12 @@ def test_cancel_stops_the_backend_and_adds_nothing(dock, world, tmp_path):
     dock.results_dir.setFilePath(str(tmp_path))
     finished = SignalRecorder(dock.run_finished)
     dock.run_button.click()
-    deadline = time.monotonic() + 0.5
-    while time.monotonic() < deadline:
-        QCoreApplication.processEvents()
+    wait_until(lambda: backend_children(), 60, "the backend process to start")
+    running = backend_children()
     dock.cancel_button.click()
     ok, text = finished.wait(30)
     assert not ok and text == "canceled"
+    assert not any(_alive(pid) for pid in running), "the backend survived Cancel"
     assert QgsProject.instance().count() == 0
     assert "Canceled" in message_texts(dock)
     assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
