@@ -53,7 +53,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import styles
-from .algorithms import DEVICE_LABELS
+from .algorithms import DEVICE_LABELS, DEVICES
 from .backend import (
     BackendError,
     backend_info,
@@ -293,7 +293,7 @@ class SaigDock(QgsDockWidget):
             self.backend_checked.emit(False, str(e))
             return
         checkpoint = self.checkpoint.filePath()
-        device = ("auto", "cuda", "cpu")[self.device.currentIndex()]
+        device = DEVICES[self.device.currentIndex()]
         self.backend_status.setText("checking…")
         self.check_backend_button.setEnabled(False)
 
