@@ -152,3 +152,11 @@ def test_backend_info_reports_version_torch_and_device(backend_python, assets):
     assert info["version"]
     text = backend.describe_backend_info(info)
     assert "CPU" in text and info["torch"] in text and "saig_micro" in text
+
+
+def test_a_cuda_backend_is_described_with_its_gpu():
+    info = {"event": "result", "version": "0.1.0", "torch": "2.13.0+cu126", "device": "cuda",
+            "device_name": "NVIDIA H100 80GB HBM3", "cuda": True,
+            "model": {"preset": "saig_s", "pool": "smd", "descriptor_dim": 3072}}
+    assert backend.describe_backend_info(info) == \
+        "saig 0.1.0 · torch 2.13.0+cu126 · CUDA (NVIDIA H100 80GB HBM3) · model saig_s smd 3072-d"
