@@ -334,9 +334,7 @@ def describe_backend_info(info: dict) -> str:
     parts = [f"saig {info.get('version', '?')}", f"torch {info.get('torch', '?')}", device_text]
     model = info.get("model")
     if isinstance(model, dict) and model:
-        cfg = model.get("config") if isinstance(model.get("config"), dict) else model
-        name = cfg.get("preset") or model.get("preset") or "model"
-        pool = cfg.get("pool") or model.get("pool") or ""
-        dim = model.get("descriptor_dim") or cfg.get("descriptor_dim")
-        parts.append(" ".join(str(p) for p in (f"model {name}", pool, f"{dim}-d" if dim else "") if p))
+        dim = model.get("descriptor_dim")
+        parts.append(" ".join(str(p) for p in (f"model {model.get('preset', '?')}", model.get("pool"),
+                                               f"{dim}-d" if dim else "") if p))
     return " · ".join(parts)
