@@ -42,7 +42,7 @@ class SaigPlugin:
         show.setCheckable(True)
         show.setToolTip("Where was this photo taken? Show the SAIG Geolocate dock")
         show.toggled.connect(self.dock.setUserVisible)
-        self.dock.visibilityChanged.connect(show.setChecked)
+        self.dock.openedStateChanged.connect(show.setChecked)  # not visibility: a tabbed dock stays open
         check = QAction("Check backend", self.iface.mainWindow())
         check.triggered.connect(self._check_backend)
         self.iface.addToolBarIcon(show)
