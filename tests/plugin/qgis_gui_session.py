@@ -2,7 +2,7 @@
 
 The plugin is installed and enabled in a temporary profile; this script finds it among QGIS's loaded
 plugins, opens its dock, geolocates photos through the dock with the real backend, saves a screenshot
-of the main window and a JSON report, then quits QGIS. Settings come from the JSON file named by
+of the main window and a JSON report, unloads the plugin, then quits QGIS. Settings come from the JSON file named by
 SAIG_GUI_SPEC: {"ortho", "index", "photos", "screenshot", "report"}.
 """
 import json
@@ -11,7 +11,7 @@ import traceback
 
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
 from qgis.PyQt.QtCore import QEventLoop, QTimer
-from qgis.utils import active_plugins, iface, plugins
+from qgis.utils import active_plugins, iface, plugins, unloadPlugin
 
 SPEC = json.load(open(os.environ["SAIG_GUI_SPEC"]))
 report = {"loaded": "qgis_saig_plugin" in active_plugins}
@@ -56,6 +56,8 @@ def run() -> None:
     iface.mapCanvas().refreshAllLayers()
     settle(3000)
     report["screenshot"] = iface.mainWindow().grab().save(SPEC["screenshot"])
+    report["unloaded"] = unloadPlugin("qgis_saig_plugin")
+    report["provider_after_unload"] = QgsApplication.processingRegistry().providerById("saig") is not None
 
 
 try:

@@ -43,3 +43,4 @@ def test_qgis_desktop_loads_the_plugin_and_geolocates_through_its_dock(world, tm
     assert report["run_ok"], report["run_text"]
     assert report["rows"] == 15 and "SAIG candidates" in report["layers"]
     assert report["screenshot"] and SCREENSHOT.stat().st_size > 10_000
+    assert report["unloaded"] and not report["provider_after_unload"]
