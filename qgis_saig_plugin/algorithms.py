@@ -403,8 +403,8 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("PHOTOS_FAILED", tr("Photos that failed")))
 
     def processAlgorithm(self, parameters, context, feedback):
-        entries = self.parameterAsFileList(parameters, self.PHOTOS, context)
-        photos = expand_photos([str(e) for e in entries])
+        entries = [str(e) for e in self.parameterAsFileList(parameters, self.PHOTOS, context) if e]
+        photos = expand_photos(entries)  # validates and counts; folders go to the backend as folders
         index = self.parameterAsFile(parameters, self.INDEX, context)
         if not index or not os.path.isdir(index):
             raise QgsProcessingException(tr("The index folder {} does not exist.").format(index or "(none)"))
@@ -423,7 +423,7 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
 
         scratch = self.scratch_folder()
         try:
-            args = ["locate", *photos, "--index", index, "-k", top_k,
+            args = ["locate", *entries, "--index", index, "-k", top_k,
                     "--out", os.path.join(scratch, "results.gpkg"),
                     "--device", self.device(parameters, context), "--json"]
             if checkpoint:
