@@ -214,3 +214,21 @@ def test_a_failing_run_shows_the_reason_and_adds_no_layer(dock, world, tmp_path)
     assert not ok and "fingerprint" in text.lower()
     assert "fingerprint" in message_texts(dock).lower()
     assert QgsProject.instance().count() == 0 and os.listdir(tmp_path) == []
+
+
+def test_a_killed_backend_is_reported_as_probably_out_of_memory_and_adds_nothing(dock, world, tmp_path):
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho '{\"event\": \"progress\", \"stage\": \"locate\", \"fraction\": 0.1}'\nkill -9 $$\n")
+    fake.chmod(0o755)
+    dock.backend_python.setFilePath(str(fake))
+    dock.index_dir.setFilePath(str(world.index))
+    set_photos(dock, world.photos[:1])
+    results = tmp_path / "results"
+    dock.results_dir.setFilePath(str(results))
+    finished = SignalRecorder(dock.run_finished)
+    dock.run_button.click()
+    ok, text = finished.wait(60)
+    assert not ok and "probably out of memory" in text
+    assert "probably out of memory" in message_texts(dock)
+    assert QgsProject.instance().count() == 0 and os.listdir(results) == []
