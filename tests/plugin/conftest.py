@@ -35,31 +35,41 @@ ORTHO_ORIGIN = (500000.0, 5000256.0)  # top-left corner, metres
 ORTHO_PIXELS = 256
 CHIP_M, STRIDE_M = 64.0, 32.0
 
-os.environ["SAIG_PYTHON"] = str(BACKEND_PYTHON)
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-if QGIS_PLUGINS not in sys.path:
-    sys.path.append(QGIS_PLUGINS)
+try:
+    import qgis.core  # noqa: F401  (QGIS's own Python: /usr/bin/python3 with python3-qgis)
 
-# One temporary root for the session, removed at the end: pytest's folders (other developers' runs prune
-# the shared /tmp/pytest-of-*), the QGIS profile, and every temporary file QGIS, Processing or the
-# backend make (TMPDIR is inherited by the subprocesses).
-_SESSION_TMP = tempfile.mkdtemp(prefix="saig-plugin-tests-")
-os.environ["TMPDIR"] = _SESSION_TMP
-tempfile.tempdir = _SESSION_TMP
-_PROFILE = os.path.join(_SESSION_TMP, "qgis-profile")
-os.makedirs(_PROFILE)
+    HAVE_QGIS = True
+except ImportError:  # e.g. the backend's venv collecting all of tests/: nothing here can run there
+    HAVE_QGIS = False
+    collect_ignore_glob = ["test_*.py"]
+
+_SESSION_TMP = ""
+if HAVE_QGIS:
+    os.environ["SAIG_PYTHON"] = str(BACKEND_PYTHON)
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    if QGIS_PLUGINS not in sys.path:
+        sys.path.append(QGIS_PLUGINS)
+    # One temporary root for the session, removed at the end: pytest's folders (other developers' runs
+    # prune the shared /tmp/pytest-of-*), the QGIS profile, and every temporary file QGIS, Processing or
+    # the backend make (TMPDIR is inherited by the subprocesses).
+    _SESSION_TMP = tempfile.mkdtemp(prefix="saig-plugin-tests-")
+    os.environ["TMPDIR"] = _SESSION_TMP
+    tempfile.tempdir = _SESSION_TMP
+    _PROFILE = os.path.join(_SESSION_TMP, "qgis-profile")
+    os.makedirs(_PROFILE)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    if not config.option.basetemp:
+    if _SESSION_TMP and not config.option.basetemp:
         config.option.basetemp = os.path.join(_SESSION_TMP, "pytest")
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+    if _SESSION_TMP:
+        shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
 def isolate_settings(folder: str) -> None:
