@@ -5,8 +5,9 @@ Behaviour, each decision documented here and tested:
 * **Grid**: chips are cells of a :class:`~tiling.grid.GridSpec` lattice; each chip is resampled to
   ``out_size`` pixels covering exactly its footprint (bilinear by default), so chip pixel
   ``(i, j)`` is centred at ``(minx + (j + .5) * gsd, maxy - (i + .5) * gsd)`` in the grid CRS.
-* **Reads**: when the grid CRS is the raster's CRS, chips are read straight from the file with a
-  floating-point window and ``out_shape`` (GDAL resamples, using overviews when present); otherwise
+* **Reads**: when the grid CRS is the raster's CRS, chips are read straight from the file: the
+  enclosing whole-pixel window (integer-decimated, from overviews when present, for chips at least
+  2x coarser than the raster), then resampled to the exact footprint by Pillow; otherwise
   GDAL warps just the chip's output pixels (``rasterio.warp.reproject`` from the file's bands, with
   a destination alpha for validity). Only the window of one chip is read
   at a time and GDAL's block cache is capped (:data:`GDAL_CACHE_MB`), so memory stays bounded
@@ -356,7 +357,13 @@ class ChipReader:
         return _to_rgb8(src, data, valid)
 
     def _read_native(self, src: SourceRaster, ds, chip: Chip) -> tuple[np.ndarray, np.ndarray]:
-        """Same CRS: a fractional window read resampled to the chip size; outside pixels stay invalid."""
+        """Same CRS: read the enclosing whole-pixel window, resample the exact footprint with Pillow.
+
+        GDAL's own resampled reads of fractional windows are an order of magnitude slower than plain
+        window reads, so GDAL only does whole-pixel reads (decimated by an integer factor, which
+        lets it use overviews, when the chip is at least 2x coarser than the raster); the
+        fractional part is Pillow's ``resize`` with a sub-pixel ``box``. Outside pixels stay invalid.
+        """
         h, w = self.planner.out_h, self.planner.out_w
         t = ds.transform
         minx, miny, maxx, maxy = chip.footprint
@@ -367,12 +374,27 @@ class ChipReader:
         nb = len(src.bands)
         data = np.zeros((nb, h, w), dtype=ds.dtypes[src.bands[0] - 1])
         valid = np.zeros((h, w), bool)
-        if j1 > j0 and i1 > i0:
-            win = Window(col_off + j0 * px_w, row_off + i0 * px_h, (j1 - j0) * px_w, (i1 - i0) * px_h)
-            shape = (i1 - i0, j1 - j0)
-            data[:, i0:i1, j0:j1] = ds.read(src.bands, window=win, out_shape=(nb, *shape), resampling=self.resampling)
-            valid[i0:i1, j0:j1] = ds.read_masks(src.bands[0], window=win, out_shape=shape,
-                                                resampling=Resampling.nearest) > 0
+        if j1 <= j0 or i1 <= i0:
+            return data, valid
+        x0, y0 = col_off + j0 * px_w, row_off + i0 * px_h  # exact source region of the kept chip pixels
+        x1, y1 = col_off + j1 * px_w, row_off + i1 * px_h
+        c0, r0 = max(0, math.floor(x0 + 1e-6)), max(0, math.floor(y0 + 1e-6))
+        c1, r1 = min(ds.width, math.ceil(x1 - 1e-6)), min(ds.height, math.ceil(y1 - 1e-6))
+        fx, fy = max(1, int(px_w)), max(1, int(px_h))
+        rw, rh = -(-(c1 - c0) // fx), -(-(r1 - r0) // fy)
+        win = Window(c0, r0, c1 - c0, r1 - r0)
+        if (rw, rh) == (c1 - c0, r1 - r0):
+            raw = ds.read(src.bands, window=win)
+            mask = ds.read_masks(src.bands[0], window=win)
+        else:
+            raw = ds.read(src.bands, window=win, out_shape=(nb, rh, rw), resampling=Resampling.average)
+            mask = ds.read_masks(src.bands[0], window=win, out_shape=(rh, rw), resampling=Resampling.nearest)
+        sx, sy = rw / (c1 - c0), rh / (r1 - r0)
+        # (an edge chip pixel whose centre is inside may reach past the raster edge: clamp)
+        box = (max(0.0, (x0 - c0) * sx), max(0.0, (y0 - r0) * sy), min(rw, (x1 - c0) * sx), min(rh, (y1 - r0) * sy))
+        size = (j1 - j0, i1 - i0)
+        data[:, i0:i1, j0:j1] = _resample(raw, box, size, self.resampling)
+        valid[i0:i1, j0:j1] = _resample(mask[None], box, size, Resampling.nearest)[0] > 0
         return data, valid
 
     def _read_warped(self, src: SourceRaster, ds, chip: Chip) -> tuple[np.ndarray, np.ndarray]:
@@ -391,6 +413,29 @@ class ChipReader:
                   resampling=self.resampling)
         full = np.iinfo(dst.dtype).max if dst.dtype.kind in "ui" else 1.0
         return dst[:nb], dst[nb] >= full / 2
+
+
+_PIL_FILTERS = {Resampling.nearest: 0, Resampling.bilinear: 2, Resampling.cubic: 3, Resampling.lanczos: 1}
+
+
+def _resample(arr: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int],
+              resampling: Resampling) -> np.ndarray:
+    """(bands, h, w) -> (bands, size[1], size[0]) of the sub-pixel ``box`` (x0, y0, x1, y1), in Pillow."""
+    from PIL import Image
+
+    _, h, w = arr.shape
+    if size == (w, h) and all(abs(a - b) < 1e-6 for a, b in zip(box, (0, 0, w, h))):
+        return arr
+    resample = _PIL_FILTERS.get(resampling, 2)
+    if arr.dtype == np.uint8 and arr.shape[0] == 3:
+        img = Image.fromarray(np.ascontiguousarray(np.moveaxis(arr, 0, -1)), "RGB")
+        return np.moveaxis(np.asarray(img.resize(size, resample, box=box)), -1, 0)
+    out = []
+    for band in arr:
+        mode = "L" if band.dtype == np.uint8 else "F"
+        img = Image.fromarray(np.ascontiguousarray(band if mode == "L" else band.astype(np.float32)), mode)
+        out.append(np.asarray(img.resize(size, resample, box=box)))
+    return np.stack(out).astype(arr.dtype, copy=False)
 
 
 def _inside(off: float, step: float, n: int, size: int) -> tuple[int, int]:
