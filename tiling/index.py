@@ -96,6 +96,16 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _partial_key(work: Path) -> str | None:
+    """The run key of a partial build folder (from its journal, or its metadata once complete)."""
+    for name in ("build.json", METADATA_FILE):
+        try:
+            return json.loads((work / name).read_text())["build_key" if name == METADATA_FILE else "key"]
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
 def _run_key(planner: ChipPlanner, params: ChipParams, fingerprint: str) -> str:
     """Identity of a build: the same key means a partial build can be resumed."""
     sources = []
@@ -221,11 +231,7 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
         shard_dir = work / "shards"
         state_file = work / "build.json"
         if work.exists():
-            try:
-                same = json.loads(state_file.read_text())["key"] == key
-            except (OSError, ValueError, KeyError):
-                same = False
-            if not same:
+            if _partial_key(work) != key:
                 reporter.log(f"discarding {work}: a partial build with other inputs or parameters", "warning")
                 shutil.rmtree(work)
         if not (work / METADATA_FILE).exists():
@@ -237,7 +243,9 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
                 reporter.log(f"resuming {work}: {prog.count} chips already encoded in {len(prog.shards)} shard(s)")
             _encode(planner, encoder, prog, shard_dir, opts, reporter, failed, MEAN, STD, torch,
                     aerial if polar else None)
-            _finalise(work, planner, params, model, fingerprint, opts, reporter, polar)
+            _finalise(work, planner, params, model, fingerprint, opts, reporter, polar, key)
+        shutil.rmtree(shard_dir, ignore_errors=True)  # complete (now or by a killed run): drop the journal
+        state_file.unlink(missing_ok=True)
         meta = json.loads((work / METADATA_FILE).read_text())
         for f in meta["failed_sources"]:
             if f not in failed:
@@ -319,7 +327,7 @@ def _iter_shards(shard_dir: Path, drop_sources: set[str]):
 
 
 def _finalise(work: Path, planner: ChipPlanner, params: ChipParams, model, fingerprint: str,
-              opts: BuildOptions, reporter: Reporter, polar: bool) -> None:
+              opts: BuildOptions, reporter: Reporter, polar: bool, key: str) -> None:
     import faiss
 
     shard_dir = work / "shards"
@@ -362,10 +370,9 @@ def _finalise(work: Path, planner: ChipPlanner, params: ChipParams, model, finge
         "sources": [{"path": p, "chips": n} for p, n in per_source.items() if p not in drop],
         "failed_sources": failed_sources,
         "files": {name: sha256_file(work / name) for name in (INDEX_FILE, MANIFEST_FILE)},
+        "build_key": key,
     }
-    shutil.rmtree(shard_dir)
-    (work / "build.json").unlink(missing_ok=True)
-    _atomic_write_bytes(work / METADATA_FILE, json.dumps(meta, indent=2).encode())
+    _atomic_write_bytes(work / METADATA_FILE, json.dumps(meta, indent=2).encode())  # the build is complete
 
 
 def _publish(work: Path, out: Path) -> None:

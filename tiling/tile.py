@@ -75,7 +75,7 @@ def tile_rasters(paths: list[str], params: ChipParams, out: str | os.PathLike, r
 
         with ChipReader(planner) as reader, reporter.task("tile", total) as task:
             last = -1
-            for chip, _ in iter_chips(planner, reader, on_skip=lambda c: None, on_source_error=on_source_error):
+            for chip, _ in iter_chips(planner, reader, on_source_error=on_source_error):
                 chips.append(chip)
                 task.update(chip.seq - last)
                 last = chip.seq
