@@ -3,7 +3,7 @@ training evaluation and the benchmark share.
 
 :class:`Encoder` puts an inference copy of a model on a device (BatchNorm folded into the stem
 convolutions, channels-last on CPU: exact rewrites, descriptors unchanged within fp32 rounding) and
-runs each batch under ``torch.inference_mode`` and the chosen precision (see
+runs each batch without autograd and at the chosen precision (see
 :mod:`saig_core.device`). Descriptors always come back as L2-normalised float32 CPU tensors.
 
     encoder = Encoder(load_checkpoint(path), device="auto", precision="fast")
@@ -101,7 +101,7 @@ class Encoder:
     def encode(self, branch: str, batch: torch.Tensor) -> torch.Tensor:
         """L2-normalised float32 descriptors (B, D) on the CPU for one batch (B, 3, H, W)."""
         fn = self.model.encode_ground if _check_branch(branch) == "ground" else self.model.encode_aerial
-        with torch.inference_mode(), autocast(self.device, self.precision):
+        with torch.no_grad(), autocast(self.device, self.precision):  # plain tensors out, usable anywhere
             out = fn(batch.to(self.device))
         return out.float().cpu()
 
