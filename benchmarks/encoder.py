@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from saig_core import build_model
-from saig_core.device import cpu_has_native_bf16
+from saig_core.device import cpu_has_native_bf16, cpu_name
 from saig_core.encode import Encoder
 from saig_core.flops import branch_macs
 
@@ -83,16 +83,6 @@ def sample_images(size: tuple[int, int], n: int) -> torch.Tensor:
     if not files:
         return torch.rand(n, 3, *size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     return torch.stack([image_to_tensor(Image.open(files[i % len(files)]), size) for i in range(n)])
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,12 +58,25 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
-    """'CUDA (NVIDIA H100 80GB HBM3)', 'CPU (2 threads)', ... for logs and the plugin's backend check."""
+    """'CUDA (NVIDIA H100 80GB HBM3)', 'CPU (AMD EPYC, 2 threads)', ... for logs and the backend check."""
     if device.type == "cuda":
         return f"CUDA ({torch.cuda.get_device_name(device)})"
     if device.type == "mps":
         return "MPS (Apple GPU)"
-    return f"CPU ({torch.get_num_threads()} threads)"
+    return f"CPU ({cpu_name()}, {torch.get_num_threads()} threads)"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The processor's model name ('AMD EPYC', 'Intel(R) Core(TM) i7-...'), or the architecture."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 @functools.lru_cache(maxsize=1)
