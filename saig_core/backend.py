@@ -36,7 +36,8 @@ def backend_info(
         "version": __version__,
         "torch": str(torch.__version__),
         "device": str(dev),
-        "device_name": describe_device(dev),
+        # the GPU's own name for CUDA ("NVIDIA H100 80GB HBM3"); "CPU (AMD EPYC, 2 threads)" otherwise
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else describe_device(dev),
         "cuda": torch.cuda.is_available(),
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "precision": resolve_precision(dev, "auto"),
