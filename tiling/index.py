@@ -207,7 +207,8 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
     from saig_core.preprocess import MEAN, STD
 
     out = Path(out)
-    if out.exists() and not opts.overwrite:
+    empty_dir = out.is_dir() and not any(out.iterdir())  # e.g. made by a file dialog: fine to fill
+    if out.exists() and not empty_dir and not opts.overwrite:
         raise SaigError(f"{out} already exists; pass --overwrite to replace it")
     if opts.batch_size < 1 or opts.shard_chips < 1:
         raise SaigError("--batch-size and the shard size must be at least 1")
