@@ -111,6 +111,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         "k_for_r1_percent": k_percent,
         "hit_definition": f"a top-k candidate chip centre within {cfg.hit_radius_m:g} m of the true position",
         "chance_r1": chance,
+        "chance_r1_percent": min(1.0, chance * k_percent),
         "metrics": {kind: _summary(rows, chance) for kind, rows in _by_kind(scored).items()},
         "photos_failed": sorted(set(truth) - set(results)),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
@@ -185,8 +186,9 @@ def _colormap(v: np.ndarray) -> np.ndarray:
     return (_HEAT[lo] * (1 - f) + _HEAT[lo + 1] * f).astype(np.uint8)
 
 
-def _panel(ortho_path: Path, heat_path: Path | None, bounds, size: int):
-    """Orthophoto of ``bounds`` (grid CRS) at ``size`` px with the heatmap blended on top."""
+def _panel(ortho_path: Path, heat_path: Path | None, bounds, size: int, opacity: float):
+    """Orthophoto of ``bounds`` (grid CRS) at ``size`` px with the heatmap blended on top (the top
+    half of the scores, up to ``opacity``)."""
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.transform import from_bounds
@@ -209,7 +211,7 @@ def _panel(ortho_path: Path, heat_path: Path | None, bounds, size: int):
         if valid.any():
             lo, hi = np.nanpercentile(heat, 50), np.nanmax(heat)
             v = np.where(valid, (heat - lo) / max(hi - lo, 1e-6), 0)
-            alpha = (np.clip(v, 0, 1) * 0.75)[..., None] * valid[..., None]
+            alpha = (np.clip(v, 0, 1) * opacity)[..., None] * valid[..., None]
             img = img * (1 - alpha) + _colormap(v).astype(np.float32) * alpha
     return img.astype(np.uint8)
 
@@ -234,8 +236,8 @@ def _draw_overviews(cfg: DemoConfig, world_dir: Path, out: Path, truth, results,
         t = truth[name]
         heat = results[name].get("heatmap")
         heat_path = Path(heat) if heat else None
-        views = [((w, s, e, n), "whole world"),
-                 ((t.x - 200, t.y - 200, t.x + 200, t.y + 200), "400 m around the true position")]
+        views = [((w, s, e, n), "whole world", 0.75),
+                 ((t.x - 200, t.y - 200, t.x + 200, t.y + 200), "400 m around the true position", 0.45)]
         canvas_w = 2 * side + 30
         with Image.open(world_dir / t.file) as photo:
             ph = photo.convert("RGB")
@@ -248,8 +250,8 @@ def _draw_overviews(cfg: DemoConfig, world_dir: Path, out: Path, truth, results,
                            f"{cfg.hit_radius_m:g} m at rank {rank if rank else '>' + str(len(results[name]['candidates']))}",
                   fill=(0, 0, 0))
         top = ph.height + 55
-        for i, (bounds, label) in enumerate(views):
-            img = Image.fromarray(_panel(world_dir / "orthophoto.tif", heat_path, bounds, side))
+        for i, (bounds, label, opacity) in enumerate(views):
+            img = Image.fromarray(_panel(world_dir / "orthophoto.tif", heat_path, bounds, side, opacity))
             d = ImageDraw.Draw(img)
             bw, bs, be, bn = bounds
 
