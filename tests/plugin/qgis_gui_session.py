@@ -51,8 +51,9 @@ def run() -> None:
     ok, text = wait_for(dock.run_finished, 120000)
     report.update(run_ok=ok, run_text=text, rows=dock.table.rowCount(),
                   layers=sorted(layer.name() for layer in QgsProject.instance().mapLayers().values()))
+    view = iface.layerTreeView()
     for node in QgsProject.instance().layerTreeRoot().children():
-        node.setExpanded(node.name().startswith("SAIG results"))
+        view.setExpanded(view.node2index(node), node.name().startswith("SAIG results"))
     iface.mapCanvas().refreshAllLayers()
     settle(3000)
     report["screenshot"] = iface.mainWindow().grab().save(SPEC["screenshot"])
