@@ -159,6 +159,14 @@ def test_geolocatephotos_ranks_candidates_for_every_photo_of_a_folder(world, tmp
             else:
                 assert f["distance_m"] is None or str(f["distance_m"]) == "NULL"
 
+    cli_out = tmp_path / "cli.gpkg"
+    run_backend_cli("locate", os.path.dirname(world.photos[0]), "--index", str(world.index), "-k", "5",
+                    "--device", "cpu", "--out", str(cli_out))
+    cli = {(f["photo"], f["rank"]): (f["chip_id"], f["lon"], f["lat"])
+           for f in features(f"{cli_out}|layername=candidates")}
+    ours = {(f["photo"], f["rank"]): (f["chip_id"], f["lon"], f["lat"]) for f in layer.getFeatures()}
+    assert ours == cli  # the same candidates as the command line's own GeoPackage
+
     exif = {f["photo"]: f for f in features(results["EXIF_OUTPUT"])}
     assert sorted(exif) == sorted(world.exif)
     for photo, (lon, lat, heading) in world.exif.items():
