@@ -79,6 +79,31 @@ def test_pairs_are_written_in_the_layout_the_trainer_reads(tmp_path):
         assert g.size == (512, 128) and a.size == (128, 128)     # 64 m chips at 0.5 m/px
 
 
+def test_each_aerial_chip_is_the_orthophoto_around_its_camera_within_the_jitter(tmp_path):
+    import csv
+
+    import numpy as np
+
+    from tiling.synthetic.render import orthophoto
+    from tiling.synthetic.world import WorldConfig
+
+    proc = run_saig("synth", "--seed", "5", "--size-m", "200", "--pairs", "4", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    world = io.make_world(WorldConfig(seed=5, size_m=200))
+    ortho = orthophoto(world)
+    to_grid = Transformer.from_crs("EPSG:4326", world.crs, always_xy=True)
+    with open(tmp_path / "pairs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        chip = np.asarray(Image.open(tmp_path / row["aerial_path"]))
+        col, row_ = world.to_pixel(*to_grid.transform(float(row["lon"]), float(row["lat"])))
+        c0, r0 = int(round(col - 64)), int(round(row_ - 64))
+        # The chip is the 128 px (64 m) crop found exactly once within 6 m (12 px, +1 rounding) of the camera.
+        offsets = [(dr, dc) for dr in range(-13, 14) for dc in range(-13, 14)
+                   if np.array_equal(ortho[r0 + dr:r0 + dr + 128, c0 + dc:c0 + dc + 128], chip)]
+        assert len(offsets) == 1, row
+
+
 @pytest.mark.parametrize("args, message", [
     (["--seed", "1,2", "--size-m", "200"], "one --seed"),
     (["--seed", "1", "--size-m", "200", "--photos", "-1"], "must not be negative"),
