@@ -98,7 +98,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     chance = math.pi * cfg.hit_radius_m ** 2 / cfg.stride_m ** 2 / chips
 
     t0 = time.perf_counter()
-    overview_files = _draw_overviews(cfg, world_dir, out, truth, results, scored, meta["crs"])
+    overview_files = _draw_overviews(cfg, world_dir, out, truth, results, scored)
     timings["overviews_s"] = time.perf_counter() - t0
     timings["total_s"] = sum(timings.values())
 
@@ -216,7 +216,7 @@ def _panel(ortho_path: Path, heat_path: Path | None, bounds, size: int, opacity:
     return img.astype(np.uint8)
 
 
-def _draw_overviews(cfg: DemoConfig, world_dir: Path, out: Path, truth, results, scored, crs) -> list[str]:
+def _draw_overviews(cfg: DemoConfig, world_dir: Path, out: Path, truth, results, scored) -> list[str]:
     """For a few panoramas and photos: the photo above the whole world and a 400 m zoom, with the
     heatmap, the true position (white cross) and the top-5 candidates (numbered circles)."""
     from PIL import Image, ImageDraw

@@ -21,7 +21,6 @@ from scipy import ndimage
 
 # Surface kinds stored in World.kind (uint8).
 GROUND, ROAD, BUILDING, TREE, WATER, FIELD = range(6)
-KIND_NAMES = ("ground", "road", "building", "tree", "water", "field")
 
 # Block types of the road grid.
 URBAN, PARK, CROPS, FOREST, LAKE = range(5)
@@ -260,8 +259,8 @@ def generate_world(config: WorldConfig, grid_crs: str, center_xy: tuple[float, f
     buildings = _place_buildings(rng, config, block_type, u_lines, u_width, v_lines, v_width,
                                  urbanity, theta, terrain, half)
     for b in buildings:
-        _draw_building(b, dsm, kind, albedo, side, lx, ly, res, half, west, north)
-    _place_trees(rng, config, btype, kind, terrain, dsm, albedo, side, res)
+        _draw_building(b, dsm, kind, albedo, side, lx, ly, res, half)
+    _place_trees(rng, btype, kind, terrain, dsm, albedo, side, res)
 
     # Texture: fine grain and larger blotches, so nothing is a flat colour.
     albedo *= _noise(rng, n, sigma=0.0, amplitude=0.06)[..., None]
@@ -392,7 +391,7 @@ def _place_buildings(rng, config, block_type, u_lines, u_width, v_lines, v_width
     return out
 
 
-def _draw_building(b: Building, dsm, kind, albedo, side, lx, ly, res, half, west, north) -> None:
+def _draw_building(b: Building, dsm, kind, albedo, side, lx, ly, res, half) -> None:
     """Rasterise one building (local coordinates): flat roof with a darker parapet, or a gable."""
     corners = b.corners()
     n = dsm.shape[0]
@@ -428,7 +427,7 @@ def _draw_building(b: Building, dsm, kind, albedo, side, lx, ly, res, half, west
     side[r0:r1, c0:c1][inside] = b.facade_rgb
 
 
-def _place_trees(rng, config, btype, kind, terrain, dsm, albedo, side, res) -> None:
+def _place_trees(rng, btype, kind, terrain, dsm, albedo, side, res) -> None:
     """Dome-shaped trees: dense in forests, scattered in parks and yards, a few along fields."""
     n = dsm.shape[0]
     area = (n * res) ** 2
