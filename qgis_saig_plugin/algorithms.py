@@ -115,6 +115,16 @@ class SaigAlgorithm(QgsProcessingAlgorithm):
             paths.append(path)
         return paths
 
+    def check_file_output(self, parameters: dict, name: str, context: QgsProcessingContext) -> None:
+        """Fail before the (long) backend run when a file output's folder does not exist."""
+        if parameters.get(name) in (None, ""):
+            return
+        destination = self.parameterAsOutputLayer(parameters, name, context) or ""
+        path = destination.split("|", 1)[0]
+        if path and os.path.isabs(path) and not os.path.isdir(os.path.dirname(path)):
+            raise QgsProcessingException(tr("Cannot write {}: the folder {} does not exist.").format(
+                path, os.path.dirname(path)))
+
     def positive(self, parameters: dict, name: str, context: QgsProcessingContext, label: str) -> float:
         value = self.parameterAsDouble(parameters, name, context)
         if not value > 0:
@@ -210,6 +220,7 @@ class TileOrthophotoAlgorithm(SaigAlgorithm):
         rasters = self.raster_paths(parameters, self.INPUT, context)
         size = self.positive(parameters, self.CHIP_SIZE_M, context, tr("Chip size"))
         stride = self.positive(parameters, self.STRIDE_M, context, tr("Stride"))
+        self.check_file_output(parameters, self.OUTPUT, context)
         scratch = self.scratch_folder()
         try:
             chips_path = os.path.join(scratch, "chips.gpkg")
@@ -417,6 +428,8 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
             prior = self.parameterAsDouble(parameters, self.PRIOR_RADIUS_M, context)
             if not prior > 0:
                 raise QgsProcessingException(tr("The prior radius must be greater than 0 m (got {}).").format(prior))
+        for output in (self.OUTPUT, self.EXIF_OUTPUT):
+            self.check_file_output(parameters, output, context)
         heatmap_dir = ""
         if parameters.get(self.HEATMAP_DIR) not in (None, ""):
             heatmap_dir = self.parameterAsFileOutput(parameters, self.HEATMAP_DIR, context)

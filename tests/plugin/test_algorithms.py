@@ -44,6 +44,9 @@ class RecordingFeedback(QgsProcessingFeedback):
     def pushWarning(self, warning):  # noqa: N802
         self.messages.append(warning)
 
+    def pushCommandInfo(self, info):  # noqa: N802
+        self.messages.append(info)
+
 
 def run_algorithm(algorithm_id: str, parameters: dict, feedback: RecordingFeedback | None = None):
     """Run one algorithm as Processing does; returns (ok, results, feedback)."""
@@ -277,6 +280,12 @@ def test_cancel_during_index_build_leaves_no_index_folder(assets, tmp_path):
         "STRIDE_M": STRIDE_M, "DEVICE": 2, "OUTPUT_DIR": str(out)}, feedback)
     assert not ok and feedback.isCanceled() and not out.exists()
     assert any("Canceled" in e and "continue" in e for e in feedback.errors), feedback.errors
+
+
+def test_an_output_in_a_missing_folder_fails_before_running_the_backend(world, tmp_path):
+    ok, _, feedback = _geolocate(world, tmp_path, OUTPUT=str(tmp_path / "no" / "such" / "c.gpkg"))
+    assert not ok and any("does not exist" in e and "such" in e for e in feedback.errors), feedback.errors
+    assert not any(m.startswith("saig ") for m in feedback.messages)  # no backend command was run
 
 
 def test_missing_index_folder_is_a_clear_error(assets, tmp_path):
