@@ -58,6 +58,17 @@ def test_each_photos_exif_position_and_heading_equal_its_truth_row(world_dir):
             assert size == (512, 288) and focal == 18            # 90 degrees on a 36 mm frame
 
 
+def test_overwriting_a_world_leaves_no_photo_of_the_earlier_run(tmp_path):
+    out = tmp_path / "w"
+    assert run_saig("synth", "--seed", "3", "--size-m", "200", "--photos", "3", "--out", str(out)).returncode == 0
+    again = run_saig("synth", "--seed", "3", "--size-m", "200", "--photos", "1", "--out", str(out))
+    assert again.returncode == 1 and "--overwrite" in again.stderr
+    assert run_saig("synth", "--seed", "3", "--size-m", "200", "--photos", "1", "--out", str(out),
+                    "--overwrite").returncode == 0
+    assert sorted(p.name for p in (out / "photos").iterdir()) == ["pano_0000.jpg"]
+    assert [r.file for r in io.read_truth(out / "truth.csv")] == ["photos/pano_0000.jpg"]
+
+
 def test_truth_grid_coordinates_and_lonlat_agree(world_dir):
     meta = json.loads((world_dir / "world.json").read_text())
     to_geo = Transformer.from_crs(meta["crs"], "EPSG:4326", always_xy=True)

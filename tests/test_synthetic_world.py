@@ -9,6 +9,7 @@ import rasterio
 from rasterio import features
 from shapely.geometry import Polygon
 
+from saig_core.errors import SaigError
 from tiling.synthetic import io
 from tiling.synthetic.generate import PhotoPlan, synthesize_world
 from tiling.synthetic.render import PanoramaSpec, PhotoSpec, Renderer
@@ -39,6 +40,8 @@ def test_same_seed_gives_the_same_world_and_another_seed_does_not():
 def test_same_seed_writes_identical_photos_and_truth(small_world_dir, tmp_path):
     first, config = small_world_dir
     synthesize_world(config, tmp_path, PhotoPlan(panoramas=3, fov_photos=2, margin_m=40.0))
+    with pytest.raises(SaigError, match="--overwrite"):
+        synthesize_world(config, tmp_path, PhotoPlan(panoramas=1, margin_m=40.0))
     assert (tmp_path / "truth.csv").read_bytes() == (first / "truth.csv").read_bytes()
     for row in io.read_truth(first / "truth.csv"):
         assert (tmp_path / row.file).read_bytes() == (first / row.file).read_bytes(), row.file

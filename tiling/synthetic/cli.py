@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chip-size-m", type=float, default=64.0, help="with --pairs: aerial chip side (default 64 m)")
     p.add_argument("--jitter-m", type=float, default=6.0,
                    help="with --pairs: max offset of the chip centre from the camera per axis (default 6 m)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a world already in --out (its photos listed in truth.csv are removed first)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     p.set_defaults(func=cmd_synth)
 
@@ -104,7 +106,7 @@ def cmd_synth(args: argparse.Namespace, reporter: Reporter) -> int:
     except ValueError as e:
         raise SaigError(str(e)) from None
     summary = synthesize_world(config, args.out, PhotoPlan(panoramas=args.photos, fov_photos=args.fov_photos),
-                               reporter=reporter)
+                               reporter=reporter, overwrite=args.overwrite)
     seconds = time.perf_counter() - start
     reporter.log(f"wrote world seed {config.seed} ({summary['crs']}, {summary['buildings']} buildings, "
                  f"{args.photos} panoramas, {args.fov_photos} photos) to {args.out} in {seconds:.0f} s")

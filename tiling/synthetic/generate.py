@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from saig_core.errors import SaigError
+
 from . import io
 from .render import PanoramaSpec, PhotoSpec, Renderer
 from .world import FIELD, GROUND, ROAD, WorldConfig, street_positions
@@ -37,13 +39,21 @@ def _rng(*keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in keys]))
 
 
-def synthesize_world(config: WorldConfig, out: str | Path, plan: PhotoPlan = PhotoPlan(), reporter=None) -> dict:
+def synthesize_world(config: WorldConfig, out: str | Path, plan: PhotoPlan = PhotoPlan(), reporter=None,
+                     overwrite: bool = False) -> dict:
     """Write one world and its photos to ``out``; returns the summary also saved as world.json.
 
     Panoramas are north-aligned (column 0 = north); 90° photos look at a uniformly random heading.
-    All positions lie on roads, at least ``plan.margin_m`` inside the world's edge.
+    All positions lie on roads, at least ``plan.margin_m`` inside the world's edge. A folder that
+    already holds a world is refused unless ``overwrite``, which first removes that world's
+    photos (so none of an earlier, larger run is left next to the new truth.csv).
     """
     out = Path(out)
+    if (out / "world.json").exists() or (out / "truth.csv").exists():
+        if not overwrite:
+            raise SaigError(f"{out} already holds a synthetic world; choose another folder or pass --overwrite")
+        for old in io.read_truth(out / "truth.csv") if (out / "truth.csv").exists() else []:
+            (out / old.file).unlink(missing_ok=True)
     with _task(reporter, "world", 1) as t:
         world = io.make_world(config)
         renderer = Renderer(world)
