@@ -43,22 +43,37 @@ class DemoConfig:
 
 
 def _saig(args: list[str], log) -> list[dict]:
-    """Run ``saig --progress json ARGS``; return its JSON events, or raise with its error."""
+    """Run ``saig --progress json ARGS``; return its JSON events, or raise with its error.
+
+    Progress events are echoed as a one-line counter when stderr is a terminal.
+    """
+    import tempfile
+
     cmd = [sys.executable, "-m", "saig_core", "--progress", "json", *args]
     log("$ saig " + " ".join(args))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    live = sys.stderr.isatty()
     events = []
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    with tempfile.TemporaryFile("w+") as err:
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+            for line in proc.stdout:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                events.append(event)
+                if live and event.get("event") == "progress":
+                    total = event.get("total") or "?"
+                    print(f"\r  {event.get('stage')}: {event.get('done')}/{total}   ", end="", file=sys.stderr,
+                          flush=True)
+        if live:
+            print(file=sys.stderr)
+        err.seek(0)
+        stderr = err.read()
     if proc.returncode != 0:
         errors = [e.get("message", "") for e in events if e.get("event") == "error"]
-        detail = "; ".join(errors) or proc.stderr.strip()[-2000:]
+        detail = "; ".join(errors) or stderr.strip()[-2000:]
         raise SaigError(f"`saig {args[0]}` failed (exit {proc.returncode}): {detail}")
-    return events
+    return [e for e in events if e.get("event") != "progress"]
 
 
 def run_demo(cfg: DemoConfig, log=print) -> dict:
