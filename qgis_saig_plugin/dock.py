@@ -69,7 +69,10 @@ TABLE_COLUMNS = ("Photo", "Rank", "Score", "Dist. EXIF (m)", "Lon", "Lat")
 
 
 class _Feedback(QgsProcessingFeedback):
-    """Processing feedback that also keeps the error messages, to show them in the message bar."""
+    """Processing feedback that keeps the errors (for the message bar) and relays the backend's
+    log lines (e.g. "encoding on CUDA (...)") to the dock's status line; called from the task's thread."""
+
+    info = pyqtSignal(str)
 
     def __init__(self) -> None:
         super().__init__()
@@ -78,6 +81,10 @@ class _Feedback(QgsProcessingFeedback):
     def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N802,N803 (Qt names)
         self.errors.append(error)
         super().reportError(error, fatalError)
+
+    def pushInfo(self, info: str) -> None:  # noqa: N802 (Qt name)
+        self.info.emit(info)
+        super().pushInfo(info)
 
 
 @dataclass
@@ -328,6 +335,7 @@ class SaigDock(QgsDockWidget):
         context.setProject(QgsProject.instance())
         feedback = _Feedback()
         feedback.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
+        feedback.info.connect(self.status.setText)
         task = QgsProcessingAlgRunnerTask(algorithm, parameters, context, feedback)
         self.job = _Job(task, context, feedback, kind, extra)
         task.executed.connect(partial(self._executed, self.job))

@@ -119,8 +119,11 @@ def test_build_from_selected_rasters_builds_and_selects_the_index(dock, assets, 
     built = SignalRecorder(dock.build_finished)
     dock.build_button.click()
     assert dock.is_running() and not dock.run_button.isEnabled() and dock.cancel_button.isEnabled()
+    seen = []
+    dock.job.feedback.info.connect(seen.append)
     ok, text = built.wait(120)
     assert ok, text
+    assert any("encoding on CPU" in line for line in seen), seen  # the backend's device, shown while running
     assert dock.index_dir.filePath() == str(target) and target.is_dir()
     assert dock.progress.value() == 100 and dock.run_button.isEnabled()
 
