@@ -384,6 +384,12 @@ class SaigDock(QgsDockWidget):
             self._message("SAIG index built", text, Qgis.Success)
             signal.emit(True, text)
             return
+        candidates = QgsVectorLayer(results["OUTPUT"], "SAIG candidates", "ogr")
+        if not candidates.isValid():
+            text = f"The candidates {results['OUTPUT']} could not be opened."
+            self._message("SAIG failed", text, Qgis.Critical, 0)
+            signal.emit(False, text)
+            return
         text = self.show_results(results)
         failed = int(results.get("PHOTOS_FAILED") or 0)
         if failed:
