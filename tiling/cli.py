@@ -31,8 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output index folder (appears only when complete)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, mps")
     p.add_argument("--batch-size", type=int, default=32, help="chips per encoder batch (default 32)")
-    p.add_argument("--index-type", default="auto", choices=("auto", "flat", "ivfpq"),
-                   help="FAISS index: flat (exact) or compressed; auto = flat up to 200,000 chips, else ivfpq")
+    p.add_argument("--index-type", default="auto", choices=("auto", "flat", "pcasq", "ivfpq"),
+                   help="FAISS index: flat (exact) or compressed (104 bytes/chip); auto = flat up to 200,000 "
+                        "chips, else pcasq")
     p.add_argument("--shard-size", type=int, default=1024,
                    help="chips per committed shard: how much work a killed build can lose (default 1024)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index folder")

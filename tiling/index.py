@@ -367,7 +367,7 @@ def _finalise(work: Path, planner: ChipPlanner, params: ChipParams, model, finge
         "model": {"fingerprint": fingerprint, "config": model.cfg.to_dict(),
                   "checkpoint": str(Path(opts.checkpoint).resolve())},
         "faiss": {"kind": kind, "factory": search.factory_string(kind, model.descriptor_dim, len(records)),
-                  "metric": "inner_product"},
+                  "metric": "inner_product", "nprobe": search.default_nprobe(index)},
         "sources": [{"path": p, "chips": n} for p, n in per_source.items() if p not in drop],
         "failed_sources": failed_sources,
         "files": {name: sha256_file(work / name) for name in (INDEX_FILE, MANIFEST_FILE)},

@@ -4,11 +4,13 @@ Kinds (``--index-type``):
 
 * ``flat``: exact ``IndexFlatIP``; 4 x D bytes per chip. Used by ``auto`` up to :data:`FLAT_MAX` chips
   (at 200,000 x 384-d: 307 MB, exact search in a few tens of ms on 2 cores).
-* ``ivfpq``: ``IVF{nlist},PQ{M}`` (inner product, residual encoding, 8-bit codes), with ``M`` the
-  largest divisor of D not above min(120, D/2): with the 8-byte id an IVF list stores per chip, at
-  most 128 bytes per chip (96 + 8 at 384-d and 3072-d), ``nlist`` about
-  sqrt(count) (a power of two), ``nprobe`` :data:`NPROBE`. ``auto`` above FLAT_MAX. Measured in
-  ``benchmarks/search.py`` (latency, recall@10 against exact search, bytes per chip).
+* ``pcasq``: ``PCAR{R},IVF{nlist},SQ8``: a PCA rotation to R = min(96, D) dimensions, an inverted file
+  with ``nlist`` about sqrt(count) (a power of two) probed in a quarter of its lists, and 8-bit
+  scalar codes: R + 8 (the id an IVF list stores) bytes per chip, 104 at 384-d and 3072-d. ``auto``
+  above FLAT_MAX. It relies on descriptors having most of their variance in R dimensions, as trained
+  embeddings do.
+* ``ivfpq``: ``IVF{nlist},PQ{M}`` (8-bit codes, M the largest divisor of D not above min(120, D/2)):
+  the same budget, lower recall in ``benchmarks/search.py``; kept selectable.
 
 Every kind answers :func:`search` (optionally restricted to a subset of ids) and :func:`scores_for`
 (similarity of a query to every chip, from the stored codes, chunked to bound memory) so heatmaps
@@ -22,13 +24,13 @@ from typing import Callable, Iterable
 import numpy as np
 
 FLAT_MAX = 200_000
-NPROBE = 32
-KINDS = ("flat", "ivfpq")
+NPROBE = 64
+KINDS = ("flat", "pcasq", "ivfpq")
 
 
 def choose_kind(kind: str, count: int) -> str:
     if kind == "auto":
-        return "flat" if count <= FLAT_MAX else "ivfpq"
+        return "flat" if count <= FLAT_MAX else "pcasq"
     if kind not in KINDS:
         raise ValueError(f"unknown index type {kind!r}; choose auto, {', '.join(KINDS)}")
     return kind
@@ -39,14 +41,24 @@ def factory_string(kind: str, dim: int, count: int) -> str:
     if kind == "flat":
         return "Flat"
     nlist = int(min(65536, max(16, 2 ** round(math.log2(math.sqrt(max(count, 1)))))))
+    if kind == "pcasq":
+        return f"PCA{min(96, dim)}(uncentred),IVF{nlist},SQ8"
     m = max(d for d in range(1, min(120, max(1, dim // 2)) + 1) if dim % d == 0)
     return f"IVF{nlist},PQ{m}"
 
 
-def make_index(kind: str, dim: int, count: int):
+def make_index(kind: str, dim: int, count: int, sample: np.ndarray | None = None):
+    """An empty (untrained) index of ``kind``; ``pcasq`` needs a training ``sample`` for its rotation."""
     import faiss
 
-    index = faiss.index_factory(dim, factory_string(kind, dim, count), faiss.METRIC_INNER_PRODUCT)
+    factory = factory_string(kind, dim, count)
+    if kind == "pcasq":
+        if sample is None:
+            raise ValueError("a pcasq index needs a training sample")
+        reduced = min(96, dim)
+        inner = faiss.index_factory(reduced, factory.split(",", 1)[1], faiss.METRIC_INNER_PRODUCT)
+        return faiss.IndexPreTransform(uncentred_pca(sample, reduced), inner)
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.try_extract_index_ivf(index)
     ivf = faiss.downcast_index(ivf) if ivf is not None else None
     if ivf is not None and hasattr(ivf, "do_polysemous_training"):
@@ -56,42 +68,71 @@ def make_index(kind: str, dim: int, count: int):
     return index
 
 
-def train_size(index) -> int:
-    """How many training vectors a kind wants (0 for flat)."""
+def uncentred_pca(sample: np.ndarray, dims: int):
+    """An orthonormal projection on the top ``dims`` eigenvectors of E[x x^T] (no mean removal).
+
+    FAISS's PCAMatrix subtracts the mean, which changes inner products (q-m).(x-m) and so the
+    ranking; without centring, scores stay (Pq).(Px), the cosine restricted to the kept subspace.
+    """
     import faiss
 
-    if index.is_trained:
+    x = np.asarray(sample, dtype=np.float64)
+    _, vecs = np.linalg.eigh(x.T @ x)
+    basis = np.ascontiguousarray(vecs[:, ::-1][:, :dims].T, dtype=np.float32)  # (dims, D)
+    lt = faiss.LinearTransform(x.shape[1], dims, False)
+    faiss.copy_array_to_vector(basis.ravel(), lt.A)
+    lt.is_trained = True
+    lt.set_is_orthonormal()
+    return lt
+
+
+def train_size(kind: str, dim: int, count: int) -> int:
+    """How many training vectors a kind wants (0 for flat)."""
+    if kind == "flat":
         return 0
-    ivf = faiss.try_extract_index_ivf(index)
-    nlist = ivf.nlist if ivf is not None else 256
+    nlist = int(factory_string(kind, dim, count).split("IVF")[1].split(",")[0])
     return max(50 * nlist, 20_000)
 
 
 def build(kind: str, dim: int, count: int, chunks: Callable[[], Iterable[np.ndarray]]):
     """An index of ``kind`` filled from ``chunks()`` (called once or twice: training sample, then add)."""
-    index = make_index(kind, dim, count)
-    want = train_size(index)
+    want = train_size(kind, dim, count)
+    sample = None
     if want:
-        sample, have = [], 0
+        parts, have = [], 0
         for block in chunks():
-            sample.append(block[: want - have])
-            have += len(sample[-1])
+            parts.append(block[: want - have])
+            have += len(parts[-1])
             if have >= want:
                 break
-        index.train(np.ascontiguousarray(np.concatenate(sample), dtype=np.float32))
+        sample = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    index = make_index(kind, dim, count, sample)
+    if sample is not None:
+        index.train(sample)
     for block in chunks():
         index.add(np.ascontiguousarray(block, dtype=np.float32))
     set_search_defaults(index)
     return index
 
 
+def default_nprobe(index) -> int | None:
+    """Lists probed per query (measured in benchmarks/search.py): a quarter for pcasq, 64 for ivfpq."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return None
+    pretransformed = isinstance(faiss.downcast_index(index), faiss.IndexPreTransform)
+    return max(1, ivf.nlist // 4) if pretransformed else min(ivf.nlist, NPROBE)
+
+
 def set_search_defaults(index, nprobe: int | None = None) -> None:
-    """Search-time knobs of compressed kinds (the default measured in benchmarks/search.py)."""
+    """Search-time knobs of compressed kinds (``nprobe``; default :func:`default_nprobe`)."""
     import faiss
 
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
-        ivf.nprobe = min(nprobe or NPROBE, ivf.nlist)
+        ivf.nprobe = min(nprobe or default_nprobe(index), ivf.nlist)
 
 
 def search(index, queries: np.ndarray, k: int, subset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
