@@ -117,6 +117,10 @@ def locate_photos(inputs: list[str], out: str | os.PathLike, opts: LocateOptions
     if not photos:
         raise SaigError(f"no photo found in {', '.join(map(str, inputs))}")
     device = resolve_device(opts.device)
+    import faiss
+
+    # one query at a time: OpenMP threads only add overhead (benchmarks/search.py: 2.9 vs 8 ms at 1M)
+    faiss.omp_set_num_threads(1)
     index = LoadedIndex(opts.index)
     encoder, ground = load_model_for_index(index, opts.checkpoint, device)
     heat_dir = Path(opts.heatmap_dir) if opts.heatmap_dir else None
