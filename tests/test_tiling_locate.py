@@ -209,3 +209,28 @@ def test_locate_refuses_an_index_with_a_corrupted_file(indexed, tmp_path):
         f.write(b"tampered")
     proc = run("locate", photos / "b_plain.png", "--index", copy, "--out", tmp_path / "r.gpkg", check=False)
     assert proc.returncode == 1 and str(copy / "index.faiss") in proc.stderr
+
+
+def test_heatmap_on_an_xyz_grid_is_centred_on_the_tiles(tmp_path):
+    import mercantile
+
+    from tiling.chips import ChipParams, ChipPlanner, open_sources
+    from tiling.heatmap import write_heatmap
+
+    sources = open_sources([str(ortho(tmp_path / "o.tif", h=400, w=400))])
+    planner = ChipPlanner(sources, ChipParams(20.0, 20.0, out_size=(32, 32), grid="xyz"))
+    chips = list(planner.candidates())
+    sources[0].close()
+    g = planner.grid
+    grid = {"stride": g.stride, "chip_size": g.chip_size, "origin": list(g.origin)}
+    rows, cols = np.array([c.row for c in chips]), np.array([c.col for c in chips])
+    scores = np.linspace(0, 1, len(chips), dtype=np.float32)
+    path = write_heatmap(tmp_path / "h.tif", rows, cols, scores, grid, "EPSG:3857")
+    with rasterio.open(path) as src:
+        heat, t = src.read(1), src.transform
+    for chip, score in zip(chips, scores):
+        b = mercantile.xy_bounds(mercantile.Tile(chip.col, chip.row, g.zoom))
+        cx, cy = (b.left + b.right) / 2, (b.bottom + b.top) / 2
+        r, c = int((cy - t.f) // t.e), int((cx - t.c) // t.a)  # the pixel holding the tile centre
+        assert (t.c + (c + 0.5) * t.a, t.f + (r + 0.5) * t.e) == pytest.approx((cx, cy), abs=1e-6)
+        assert heat[r, c] == pytest.approx(score)
