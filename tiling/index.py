@@ -199,12 +199,9 @@ def _reader_thread(planner: ChipPlanner, start_seq: int, taken: set, failed: set
 def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str | os.PathLike,
                 opts: BuildOptions, reporter: Reporter, chip_kwargs: dict | None = None) -> BuildResult:
     """Build (or resume building) an index folder; see the module docstring."""
-    import torch
-
     from saig_core.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint
     from saig_core.device import describe_device, resolve_device
     from saig_core.encode import Encoder
-    from saig_core.preprocess import MEAN, STD
 
     out = Path(out)
     empty_dir = out.is_dir() and not any(out.iterdir())  # e.g. made by a file dialog: fine to fill
@@ -242,8 +239,7 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
             prog = _load_progress(shard_dir)
             if prog.shards:
                 reporter.log(f"resuming {work}: {prog.count} chips already encoded in {len(prog.shards)} shard(s)")
-            _encode(planner, encoder, prog, shard_dir, opts, reporter, failed, MEAN, STD, torch,
-                    aerial if polar else None)
+            _encode(planner, encoder, prog, shard_dir, opts, reporter, failed, aerial if polar else None)
             _finalise(work, planner, params, model, fingerprint, opts, reporter, polar, key)
         shutil.rmtree(shard_dir, ignore_errors=True)  # complete (now or by a killed run): drop the journal
         state_file.unlink(missing_ok=True)
@@ -258,7 +254,11 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
 
 
 def _encode(planner, encoder, prog: _Progress, shard_dir: Path, opts: BuildOptions, reporter: Reporter,
-            failed: list[str], mean: float, std: float, torch, polar_size: tuple[int, int] | None) -> None:
+            failed: list[str], polar_size: tuple[int, int] | None) -> None:
+    """Encode every remaining chip, committing a shard every ``opts.shard_chips`` chips and at the end."""
+    import torch
+
+    from saig_core.preprocess import MEAN, STD
     from saig_core.transforms import polar_transform
 
     total = planner.count()
@@ -301,7 +301,7 @@ def _encode(planner, encoder, prog: _Progress, shard_dir: Path, opts: BuildOptio
                     commit()
                     break
                 _, chips, batch, next_seq, skipped = item
-                x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0).sub_(mean).div_(std)
+                x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0).sub_(MEAN).div_(STD)
                 if polar_size is not None:
                     x = torch.stack([polar_transform(xi, polar_size) for xi in x])
                 d = encoder.encode("aerial", x).numpy()
