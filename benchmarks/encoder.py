@@ -151,20 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def interleaved_best_times(fns: dict, runs: int) -> dict[str, float]:
-    """Best time of each function, timing them in turns (A B C A B C ...) so that a change in the
-    load from other processes affects all of them alike and their ratios stay fair."""
-    for fn in fns.values():
-        fn()
-    best = {name: float("inf") for name in fns}
-    for _ in range(runs):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t)
-    return best
-
-
 def compare_paths(model, runs: int, mm: Matmul, with_onnx: bool) -> dict:
     """fp32 (optimised and plain), the fast path and ONNX Runtime on aerial 256x256, batch 8."""
     x = sample_images(SIZES["aerial"], 8)
