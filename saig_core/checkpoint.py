@@ -107,13 +107,18 @@ def save_checkpoint(model: SAIGModel, path: str | os.PathLike, *, half: bool = F
         "metadata": meta,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(payload, path)
+    return path
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary sibling, then rename: ``path`` is either the old file or complete."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(payload, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
 
 
 def _plain_copy(value: Any, where: str) -> Any:

@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from . import distributed as D
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
 from .datasets import CrossViewSplit, PairDataset, encode_split, load_cvact, load_cvusa, load_pairs_csv, load_vigor
 from .device import autocast, describe_device
 from .errors import SaigError
@@ -253,7 +253,7 @@ class Trainer:
             "run": self.state.__dict__,
             "rng": _rng_state(),
         }
-        _atomic_torch_save(payload, self.out / STATE_FILE)
+        atomic_torch_save(payload, self.out / STATE_FILE)
 
     # ----------------------------------------------------------------------------------------------
     # steps
@@ -431,15 +431,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _tensorboard(log_dir: Path):
