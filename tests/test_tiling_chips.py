@@ -239,3 +239,17 @@ def test_real_orthophoto_chip_centres_match_an_independent_pyproj_computation(pa
         tolerance = 0.01 if grid_epsg == Transformer.from_crs(src_crs, src_crs).source_crs.to_epsg() else 0.5
         assert metres < tolerance, f"{path.name} {chip.chip_id}: window centre {metres:.3f} m from the chip centre"
         assert rgb.shape == (32, 32, 3) and rgb.dtype == np.uint8 and rgb.any()
+
+
+def test_manifest_is_a_geopackage_that_qgis_3_22_reads_fully(tmp_path):
+    """GeoPackage 1.2 (user_version 10200): GDAL 3.6 in QGIS 3.22 warns about the 1.4 newer GDALs write."""
+    import sqlite3
+
+    from tiling.manifest import write_manifest
+
+    rec = {"chip_id": "a", "source": "o.tif", "row": 0, "col": 0, "win_col_off": 0, "win_row_off": 0,
+           "win_width": 8, "win_height": 8, "x": 1.0, "y": 1.0, "lon": 9.0, "lat": 45.0, "gsd_m": 0.5,
+           "valid_fraction": 1.0, "minx": 0.0, "miny": 0.0, "maxx": 2.0, "maxy": 2.0}
+    path = write_manifest([rec], "EPSG:32632", tmp_path / "chips.gpkg")
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 10200

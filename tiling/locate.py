@@ -28,6 +28,7 @@ from saig_core.progress import Reporter
 from . import search
 from .heatmap import write_heatmap
 from .index import INDEX_FILE, MANIFEST_FILE, index_info
+from .manifest import GPKG_OPTIONS
 from .photos import GroundInput, PhotoError, collect_photos, read_photo
 
 
@@ -219,8 +220,8 @@ def _write_results(out: Path, cand_rows: list[dict], photo_rows: list[dict], gri
         has = pdf["lon"].notna() & pdf["lat"].notna()
         geom = [shapely.Point(lo, la) if h else None for lo, la, h in zip(pdf["lon"], pdf["lat"], has)]
         photos = gpd.GeoDataFrame(pdf, geometry=geom, crs="EPSG:4326")
-        cands.to_file(tmp, layer="candidates", driver="GPKG", engine="pyogrio")
-        photos.to_file(tmp, layer="photos", driver="GPKG", engine="pyogrio")
+        cands.to_file(tmp, layer="candidates", driver="GPKG", engine="pyogrio", dataset_options=GPKG_OPTIONS)
+        photos.to_file(tmp, layer="photos", driver="GPKG", engine="pyogrio", dataset_options=GPKG_OPTIONS)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

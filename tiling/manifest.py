@@ -17,6 +17,9 @@ import pandas as pd
 from .chips import Chip
 
 LAYER = "chips"
+# GeoPackage 1.2: what QGIS 3.22 (GDAL 3.6) reads without a "partially supported" warning; newer
+# GDALs (in the pyogrio wheel) would otherwise write 1.4.
+GPKG_OPTIONS = {"VERSION": "1.2"}
 COLUMNS = ["faiss_id", "chip_id", "source", "row", "col", "win_col_off", "win_row_off", "win_width",
            "win_height", "x", "y", "lon", "lat", "gsd_m", "valid_fraction", "minx", "miny", "maxx", "maxy"]
 
@@ -43,7 +46,7 @@ def write_manifest(records: list[dict], crs: str, path: str | os.PathLike) -> Pa
     gdf = gpd.GeoDataFrame(df.drop(columns=["minx", "miny", "maxx", "maxy"]), geometry=geom, crs=crs)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
-        gdf.to_file(tmp, layer=LAYER, driver="GPKG", engine="pyogrio")
+        gdf.to_file(tmp, layer=LAYER, driver="GPKG", engine="pyogrio", dataset_options=GPKG_OPTIONS)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
