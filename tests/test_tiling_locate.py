@@ -114,6 +114,7 @@ def test_locate_json_lines_and_geopackage_layers(indexed):
     proc = run("locate", photos, bad, "--index", index, "-k", 5, "--out", out, "--json", check=False)
     events = json_lines(proc.stdout)
     assert proc.returncode == 1  # one photo failed, the others were located
+    assert "encoding on CPU" in proc.stderr  # the device is always said
     results = [e for e in events if e["event"] == "result"]
     errors = [e for e in events if e["event"] == "error"]
     assert [e["file"] for e in errors] == [str(bad)] and str(bad) in errors[0]["message"]

@@ -105,7 +105,7 @@ def locate_photos(inputs: list[str], out: str | os.PathLike, opts: LocateOptions
     """Locate every photo; returns the number that failed (each reported as it happens)."""
     from pyproj import Geod
 
-    from saig_core.device import resolve_device
+    from saig_core.device import describe_device, resolve_device
 
     out = Path(out)
     if out.exists() and not opts.overwrite:
@@ -124,6 +124,8 @@ def locate_photos(inputs: list[str], out: str | os.PathLike, opts: LocateOptions
     faiss.omp_set_num_threads(1)
     index = LoadedIndex(opts.index)
     encoder, ground = load_model_for_index(index, opts.checkpoint, device)
+    reporter.log(f"{len(photos)} photo(s) against {index.dir} ({len(index.row)} chips), "
+                 f"encoding on {describe_device(device)}")
     heat_dir = Path(opts.heatmap_dir) if opts.heatmap_dir else None
     if heat_dir:
         heat_dir.mkdir(parents=True, exist_ok=True)
