@@ -13,7 +13,7 @@ QGIS_PY := /usr/bin/python3
 help:
 	@echo "make demo   - set up .venv, then generate a held-out world, index it, geolocate its photos (demo_out/)"
 	@echo "make test   - set up .venv (and QGIS for plugin tests) and run the whole suite"
-	@echo "make demo-model - retrain models/demo.pt from synthetic worlds (about 30 min on 2 CPU cores)"
+	@echo "make demo-model - retrain models/demo.pt from synthetic worlds (about 20 min on 2 CPU cores)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -66,11 +66,11 @@ install-plugin: $(PLUGIN_ZIP) | $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/saig demo --out demo_out
 
-# Retrain models/demo.pt: training pairs from worlds 101-106, validation pairs from world 109
+# Retrain models/demo.pt: training pairs from worlds 101-108 and 110-113, validation pairs from world 109
 # (never the demo's 2026), configs/demo.yaml, then the val-selected best.pt exported as fp16.
 DEMO_DATA := build/demo-data
 demo-model: $(STAMP)
-	$(VENV)/bin/saig synth --seed 101,102,103,104,105,106 --size-m 2000 --pairs 1500 --out $(DEMO_DATA)/train
+	$(VENV)/bin/saig synth --seed 101,102,103,104,105,106,107,108,110,111,112,113 --size-m 2000 --pairs 1500 --out $(DEMO_DATA)/train
 	$(VENV)/bin/saig synth --seed 109 --size-m 2000 --pairs 600 --out $(DEMO_DATA)/val
 	rm -rf build/demo-run
 	$(VENV)/bin/saig train --config configs/demo.yaml --out build/demo-run
