@@ -153,18 +153,8 @@ class SaigDock(QgsDockWidget):
         self.index_dir.setStorageMode(QgsFileWidget.GetDirectory)
         self.index_dir.setDialogTitle("Reference index folder")
         form.addRow("Index folder", self.index_dir)
-        self.chip_size = QgsDoubleSpinBox()
-        self.chip_size.setRange(0.5, 100000)
-        self.chip_size.setDecimals(1)
-        self.chip_size.setSuffix(" m")
-        self.chip_size.setClearValue(100.0)
-        self.chip_size.setValue(100.0)
-        self.stride = QgsDoubleSpinBox()
-        self.stride.setRange(0.5, 100000)
-        self.stride.setDecimals(1)
-        self.stride.setSuffix(" m")
-        self.stride.setClearValue(50.0)
-        self.stride.setValue(50.0)
+        self.chip_size = _metres_box(100.0)
+        self.stride = _metres_box(50.0)
         self.build_button = QPushButton("Build from selected rasters")
         self.build_button.setToolTip("Encode the raster layers selected in the Layers panel into a new index "
                                      "(the 'Build reference index' algorithm) and use it.")
@@ -587,3 +577,14 @@ def _remove_if_empty(folder: str) -> None:
 def _last_error(errors: list[str]) -> str:
     meaningful = [e for e in errors if e.strip()]
     return meaningful[-1].strip() if meaningful else ""
+
+
+def _metres_box(default: float) -> QgsDoubleSpinBox:
+    """A ground-distance field in metres (chip size, stride) that clears to ``default``."""
+    box = QgsDoubleSpinBox()
+    box.setRange(0.5, 100000)
+    box.setDecimals(1)
+    box.setSuffix(" m")
+    box.setClearValue(default)
+    box.setValue(default)
+    return box

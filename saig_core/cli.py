@@ -58,13 +58,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_size_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ground-size", type=_size, default=None, metavar="HxW",
+    p.add_argument("--ground-size", type=parse_size, default=None, metavar="HxW",
                    help="ground image size (default: as recorded, or 128x512)")
-    p.add_argument("--aerial-size", type=_size, default=None, metavar="HxW",
+    p.add_argument("--aerial-size", type=parse_size, default=None, metavar="HxW",
                    help="aerial image size (default: as recorded, or 256x256)")
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
+    """An argparse type for image sizes written HxW (height x width in pixels)."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:

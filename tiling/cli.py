@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from saig_core.cli import parse_size
 from saig_core.progress import Reporter
 
 
@@ -15,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tile", help="cut orthophotos into georeferenced chips; write the manifest (GeoPackage)")
     p.add_argument("rasters", nargs="+", metavar="ORTHO", help="GeoTIFF orthophotos (overlaps: the first given wins)")
     _chip_args(p)
-    p.add_argument("--aerial-size", type=_size, default=(256, 256), metavar="HxW",
+    p.add_argument("--aerial-size", type=parse_size, default=(256, 256), metavar="HxW",
                    help="chip size in pixels (the model's aerial input; default 256x256)")
     p.add_argument("--out", required=True, help="output GeoPackage (layer 'chips')")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -74,14 +75,6 @@ def _chip_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zoom", type=int, default=None, help="XYZ zoom (default: closest to --chip-size-m)")
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 256x256, got {text!r}") from None
-    return (h, w)
-
-
 def _params(args: argparse.Namespace, out_size: tuple[int, int]):
     from .chips import ChipParams
 
@@ -93,11 +86,8 @@ def cmd_tile(args: argparse.Namespace, reporter: Reporter) -> int:
     from .tile import tile_rasters
 
     result = tile_rasters(args.rasters, _params(args, args.aerial_size), args.out, reporter, overwrite=args.overwrite)
-    payload = {"output": str(result.output), "layer": "chips", "count": result.count, "crs": result.crs}
-    if args.json or reporter.json:
-        reporter.emit("result", **payload)
-    else:
-        reporter.log(f"wrote {result.count} chips ({result.crs}) to {result.output}")
+    _report(args, reporter, f"wrote {result.count} chips ({result.crs}) to {result.output}",
+            output=str(result.output), layer="chips", count=result.count, crs=result.crs)
     return 1 if result.failed else 0
 
 
@@ -109,13 +99,17 @@ def cmd_index_build(args: argparse.Namespace, reporter: Reporter) -> int:
     result = build_index(args.rasters, args.chip_size_m, args.stride_m, args.out, opts, reporter,
                          chip_kwargs=dict(min_valid=args.min_valid, grid=args.grid, grid_crs=args.grid_crs,
                                           zoom=args.zoom))
-    payload = {"index": str(result.index), "count": result.count, "crs": result.crs,
-               "fingerprint": result.fingerprint}
-    if args.json or reporter.json:
-        reporter.emit("result", **payload)
-    else:
-        reporter.log(f"indexed {result.count} chips ({result.crs}) into {result.index}")
+    _report(args, reporter, f"indexed {result.count} chips ({result.crs}) into {result.index}",
+            index=str(result.index), count=result.count, crs=result.crs, fingerprint=result.fingerprint)
     return 1 if result.failed else 0
+
+
+def _report(args: argparse.Namespace, reporter: Reporter, message: str, **result) -> None:
+    """The command's result: one JSON ``result`` line for programs, else a sentence on stderr."""
+    if args.json or reporter.json:
+        reporter.emit("result", **result)
+    else:
+        reporter.log(message)
 
 
 def cmd_index_info(args: argparse.Namespace, reporter: Reporter) -> int:
