@@ -74,7 +74,7 @@ demo-model: $(STAMP)
 	$(VENV)/bin/saig synth --seed 109 --size-m 2000 --pairs 600 --out $(DEMO_DATA)/val
 	rm -rf build/demo-run
 	$(VENV)/bin/saig train --config configs/demo.yaml --out build/demo-run
-	$(PY) -c 'from tiling.synthetic.demo import export_demo_model as e; e("build/demo-run/best.pt", "models/demo.pt")'
+	$(PY) -c 'from synthetic_world.demo import export_demo_model as e; e("build/demo-run/best.pt", "models/demo.pt")'
 	sha256sum models/demo.pt
 
 clean:

@@ -2,8 +2,8 @@
 
 Measures, in one run: the machine's fp32 matmul rate (torch.mm of large square matrices) and
 images/s of SAIG-S and SAIG-D, each branch (ground 128x512, aerial 256x256), batch 1/8/32, through
-saig_core.encode.Encoder (the path the index builder uses). Efficiency = achieved FLOP/s (2 x MACs
-per image, saig_core.flops) / matmul FLOP/s, comparable across machines. At aerial batch 8 it also
+saig_core.runtime.encode.Encoder (the path the index builder uses). Efficiency = achieved FLOP/s (2 x MACs
+per image, saig_core.model.flops) / matmul FLOP/s, comparable across machines. At aerial batch 8 it also
 times the unoptimised model (no BN folding, no channels-last), the CPU fast path (precision "fast":
 bf16 autocast on CPUs with native bf16) and ONNX Runtime, with the fast path's minimum descriptor
 cosine to fp32.
@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from saig_core import build_model
-from saig_core.device import cpu_has_native_bf16, cpu_name
-from saig_core.encode import Encoder
-from saig_core.flops import branch_macs
+from saig_core.model.flops import branch_macs
+from saig_core.runtime.device import cpu_has_native_bf16, cpu_name
+from saig_core.runtime.encode import Encoder
 
 SIZES = {"ground": (128, 512), "aerial": (256, 256)}
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "crossview"
@@ -77,7 +77,7 @@ def sample_images(size: tuple[int, int], n: int) -> torch.Tensor:
     """Real images resized to ``size`` when the shared data is present, else uniform noise."""
     from PIL import Image
 
-    from saig_core.preprocess import image_to_tensor
+    from saig_core.data.preprocess import image_to_tensor
 
     files = sorted(p for p in SHARED.rglob("*") if p.suffix.lower() in (".jpg", ".png")) if SHARED.is_dir() else []
     if not files:
@@ -168,7 +168,7 @@ def compare_paths(model, runs: int, mm: Matmul, with_onnx: bool) -> dict:
     }
     with tempfile.TemporaryDirectory() as tmp:
         if with_onnx:
-            from saig_core.onnx_export import export_onnx, onnx_session
+            from saig_core.weights.onnx_export import export_onnx, onnx_session
 
             export_onnx(model, tmp)
             session = onnx_session(Path(tmp) / "aerial.onnx", threads=torch.get_num_threads())

@@ -1,7 +1,7 @@
 """Index-build throughput against the encoder alone, printed as ONE JSON object on stdout.
 
 In one run, on the same machine state: (1) encoder-only images/s: the aerial branch on as many
-already-prepared chip-sized tensors as the build has chips, through the same :class:`saig_core.encode.Encoder` the builder
+already-prepared chip-sized tensors as the build has chips, through the same :class:`saig_core.runtime.encode.Encoder` the builder
 uses; (2) end-to-end ``build_index`` chips/s on a generated orthophoto with the same number of
 chips: planning, windowed reads and resampling (in the prefetch thread), encoding, shard commits,
 FAISS index, manifest and metadata (the fixed part of that, a 4-chip build, is reported too). The two
@@ -42,8 +42,8 @@ def main() -> None:
     from rasterio.transform import from_origin
 
     from saig_core import build_model, save_checkpoint
-    from saig_core.encode import Encoder
-    from saig_core.progress import Reporter
+    from saig_core.runtime.encode import Encoder
+    from saig_core.runtime.progress import Reporter
     from tiling.index import BuildOptions, build_index
 
     chip_m, res = 64.0, 0.5

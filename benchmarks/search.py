@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tiling import search  # noqa: E402
+from tiling import search
 
 LATENT = 32
 NOISE = 0.25

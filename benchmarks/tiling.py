@@ -69,7 +69,7 @@ def child(mode: str, path: str, chip_m: float, stride_m: float, px: int) -> None
     if mode == "raw":
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(path) as src:
             for chip in planner.candidates():
-                col, row, w, h = chip.window
+                col, row, w, h = chip.window.flatten()
                 col, row = max(0, round(col)), max(0, round(row))
                 w, h = min(round(w), src.width - col), min(round(h), src.height - row)
                 if w <= 0 or h <= 0:

@@ -26,10 +26,10 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
 
     from saig_core import build_model
-    from saig_core.device import describe_device, resolve_device
-    from saig_core.losses import build_loss
-    from saig_core.sam import SAM
-    from saig_core.trainer import TrainStep
+    from saig_core.runtime.device import describe_device, resolve_device
+    from saig_core.training.losses import build_loss
+    from saig_core.training.sam import SAM
+    from saig_core.training.trainer import TrainStep
 
     torch.manual_seed(0)
     device = resolve_device(args.device)

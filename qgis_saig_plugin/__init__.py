@@ -4,7 +4,7 @@ Only PyQGIS and the standard library are imported here; the model runs in the ba
 """
 
 
-def classFactory(iface):  # noqa: N802 (QGIS's name)
+def classFactory(iface):
     """QGIS entry point; ``iface`` is None when loaded headless by qgis_process."""
     from .plugin import SaigPlugin
 

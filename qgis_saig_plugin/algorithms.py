@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
@@ -66,7 +66,7 @@ class _Styler(QgsProcessingLayerPostProcessorInterface):
         super().__init__()
         self.style = style
 
-    def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802 (QGIS's name)
+    def postProcessLayer(self, layer, context, feedback) -> None:
         self.style(layer)
 
 
@@ -145,7 +145,7 @@ class SaigAlgorithm(QgsProcessingAlgorithm):
         return tempfile.mkdtemp(prefix="saig_", dir=QgsProcessingUtils.tempFolder())
 
     def backend(self, args: list, feedback: QgsProcessingFeedback, cwd: str,
-                result_progress: Optional[Callable[[dict], float]] = None, cancel_note: str = "") -> BackendRun:
+                result_progress: Callable[[dict], float] | None = None, cancel_note: str = "") -> BackendRun:
         """Run the backend; progress, logs and per-file errors go to ``feedback``.
 
         Progress is the current stage's fraction, or, when ``result_progress`` is given, its value
@@ -355,7 +355,7 @@ def expand_photos(entries: list[str]) -> list[str]:
     return photos
 
 
-def _number(value) -> Optional[float]:
+def _number(value) -> float | None:
     try:
         return None if value is None else float(value)
     except (TypeError, ValueError):
@@ -448,7 +448,7 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
                 args += ["--heatmap-dir", scratch_heatmaps]
             done = {"photos": 0}
 
-            def photos_done(event: dict) -> Optional[float]:
+            def photos_done(event: dict) -> float | None:
                 done["photos"] += 1
                 return min(1.0, done["photos"] / len(photos))
 

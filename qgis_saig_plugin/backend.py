@@ -25,9 +25,9 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 from qgis.core import QgsSettings
 
@@ -96,7 +96,7 @@ def _command_for(path: str) -> tuple[str, ...]:
     return (path, "-m", "saig_core")
 
 
-def _from_backend_json(path: Path) -> Optional[BackendLocation]:
+def _from_backend_json(path: Path) -> BackendLocation | None:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -140,7 +140,7 @@ def locate_backend() -> BackendLocation:
     raise BackendError(f"No SAIG backend is configured. {HOW_TO_FIX}")
 
 
-def clean_environment(base: Optional[dict] = None) -> dict:
+def clean_environment(base: dict | None = None) -> dict:
     """A copy of ``base`` (default os.environ) safe for the backend's Python: QGIS's variables removed."""
     env = dict(os.environ if base is None else base)
     for name in STRIPPED_ENV:
@@ -159,7 +159,7 @@ def _check_executable(location: BackendLocation) -> None:
         raise BackendError(f"The SAIG backend {exe} (from {location.source}) is not an executable file. {HOW_TO_FIX}")
 
 
-def _pump(stream, sink: "queue.Queue", tag: str) -> None:
+def _pump(stream, sink: queue.Queue, tag: str) -> None:
     for line in iter(stream.readline, ""):
         sink.put((tag, line.rstrip("\r\n")))
     sink.put((tag, None))
@@ -206,11 +206,11 @@ def describe_exit(returncode: int, location: BackendLocation, stderr_tail: str) 
 def run_backend(
     args: Sequence[str],
     *,
-    location: Optional[BackendLocation] = None,
-    on_event: Optional[Callable[[dict], None]] = None,
-    on_stderr: Optional[Callable[[str], None]] = None,
-    is_canceled: Optional[Callable[[], bool]] = None,
-    cwd: Optional[str] = None,
+    location: BackendLocation | None = None,
+    on_event: Callable[[dict], None] | None = None,
+    on_stderr: Callable[[str], None] | None = None,
+    is_canceled: Callable[[], bool] | None = None,
+    cwd: str | None = None,
 ) -> BackendRun:
     """Run ``saig --progress json ARGS`` and stream its events to ``on_event`` (in this thread).
 
@@ -237,7 +237,7 @@ def run_backend(
         raise BackendError(f"Could not start the SAIG backend {location.executable} "
                            f"(from {location.source}): {e.strerror or e}. {HOW_TO_FIX}") from None
 
-    lines: "queue.Queue" = queue.Queue()
+    lines: queue.Queue = queue.Queue()
     readers = [threading.Thread(target=_pump, args=(proc.stdout, lines, "out"), daemon=True),
                threading.Thread(target=_pump, args=(proc.stderr, lines, "err"), daemon=True)]
     for t in readers:
@@ -312,7 +312,7 @@ def format_errors(errors: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
-def backend_info(location: Optional[BackendLocation] = None, checkpoint: str = "",
+def backend_info(location: BackendLocation | None = None, checkpoint: str = "",
                  device: str = "auto") -> dict:
     """``saig backend-info --json``: version, torch, device and (with a checkpoint) the model's info."""
     args = ["backend-info", "--device", device, "--json"]

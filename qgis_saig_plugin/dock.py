@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Optional
 
 from qgis.core import (
     Qgis,
@@ -78,11 +78,11 @@ class _Feedback(QgsProcessingFeedback):
         super().__init__()
         self.errors: list[str] = []
 
-    def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N802,N803 (Qt names)
+    def reportError(self, error: str, fatalError: bool = False) -> None:
         self.errors.append(error)
         super().reportError(error, fatalError)
 
-    def pushInfo(self, info: str) -> None:  # noqa: N802 (Qt name)
+    def pushInfo(self, info: str) -> None:
         self.info.emit(info)
         super().pushInfo(info)
 
@@ -109,16 +109,16 @@ class SaigDock(QgsDockWidget):
     backend_checked = pyqtSignal(bool, str)
 
     def __init__(self, canvas: QgsMapCanvas, message_bar: QgsMessageBar,
-                 selected_layers: Callable[[], list], parent: Optional[QWidget] = None) -> None:
+                 selected_layers: Callable[[], list], parent: QWidget | None = None) -> None:
         super().__init__("SAIG Geolocate", parent)
         self.setObjectName("SaigGeolocateDock")
         self.canvas = canvas
         self.message_bar = message_bar
         self.selected_layers = selected_layers
-        self.job: Optional[_Job] = None
-        self.info_task: Optional[QgsTask] = None
-        self.candidates_layer: Optional[QgsVectorLayer] = None
-        self.exif_layer: Optional[QgsVectorLayer] = None
+        self.job: _Job | None = None
+        self.info_task: QgsTask | None = None
+        self.candidates_layer: QgsVectorLayer | None = None
+        self.exif_layer: QgsVectorLayer | None = None
         self.heatmap_layers: dict[str, QgsRasterLayer] = {}
         self.results_group = None
         self._build_ui()

@@ -1,8 +1,6 @@
 """The QGIS plugin object: registers the "SAIG" Processing provider and, with a GUI, the dock."""
 from __future__ import annotations
 
-from typing import Optional
-
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
@@ -18,16 +16,16 @@ class SaigPlugin:
 
     def __init__(self, iface) -> None:
         self.iface = iface
-        self.provider: Optional[SaigProvider] = None
+        self.provider: SaigProvider | None = None
         self.dock = None
         self.actions: list[QAction] = []
 
-    def initProcessing(self) -> None:  # noqa: N802 (QGIS's name)
+    def initProcessing(self) -> None:
         if self.provider is None:
             self.provider = SaigProvider()
             QgsApplication.processingRegistry().addProvider(self.provider)
 
-    def initGui(self) -> None:  # noqa: N802 (QGIS's name)
+    def initGui(self) -> None:
         self.initProcessing()
         if self.iface is None:
             return

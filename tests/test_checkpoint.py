@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from authors_reference import authors_state_dict, branch_shapes, random_branch
+
 from saig_core import (
     CheckpointError,
     __version__,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from crossview_fixtures import write_pairs, write_vigor
 from PIL import Image
 
-from crossview_fixtures import write_pairs, write_vigor
-from saig_core.datasets import (
+from saig_core.data.datasets import (
     DatasetError,
     PairDataset,
     QueryDataset,
@@ -21,7 +21,7 @@ from saig_core.datasets import (
     load_vigor,
     vigor_latlon,
 )
-from saig_core.transforms import AugmentConfig, PairTransform
+from saig_core.data.transforms import AugmentConfig, PairTransform
 
 T = PairTransform((32, 128), (64, 64), AugmentConfig())
 

@@ -8,10 +8,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from saig_core import build_model
-from saig_core.config import BACKBONE_PRESETS
-from saig_core.device import DeviceError, cpu_has_native_bf16, resolve_device, resolve_precision
-from saig_core.encode import Encoder, encode_batches, fold_batchnorm
-from saig_core.flops import branch_macs
+from saig_core.model.config import BACKBONE_PRESETS
+from saig_core.model.flops import branch_macs
+from saig_core.runtime.device import DeviceError, cpu_has_native_bf16, resolve_device, resolve_precision
+from saig_core.runtime.encode import Encoder, encode_batches, fold_batchnorm
 
 GROUND, AERIAL = (32, 128), (64, 64)
 no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (this machine has none)")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from saig_core import build_model, model_fingerprint
-from saig_core.onnx_export import export_onnx, onnx_session, verify_export
+from saig_core.weights.onnx_export import export_onnx, onnx_session, verify_export
 
 ort = pytest.importorskip("onnxruntime", reason="the 'onnx' extra is not installed")
 

@@ -5,8 +5,8 @@ operations in float64; our fp32 model must agree to fp32 precision for both bran
 """
 import pytest
 import torch
-
 from authors_reference import authors_state_dict, reference_descriptor
+
 from saig_core import load_checkpoint
 
 GROUND, AERIAL = (32, 128), (64, 64)  # token grids 2x8 (row-major order matters) and 4x4

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from saig_core import InputError, build_model, load_checkpoint, save_checkpoint
-from saig_core.preprocess import array_to_tensor, image_to_tensor, tensor_to_uint8, to_rgb
+from saig_core.data.preprocess import array_to_tensor, image_to_tensor, tensor_to_uint8, to_rgb
 
 
 def test_rgb_pixels_map_to_minus_one_to_one_channel_first():

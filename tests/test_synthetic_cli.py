@@ -10,7 +10,7 @@ import pytest
 from PIL import ExifTags, Image
 from pyproj import Transformer
 
-from tiling.synthetic import io
+from synthetic_world import io
 
 SAIG = [sys.executable, "-m", "saig_core"]
 
@@ -80,7 +80,7 @@ def test_truth_grid_coordinates_and_lonlat_agree(world_dir):
 
 
 def test_pairs_are_written_in_the_layout_the_trainer_reads(tmp_path):
-    from saig_core.datasets import load_pairs_csv
+    from saig_core.data.datasets import load_pairs_csv
 
     proc = run_saig("synth", "--seed", "5,6", "--size-m", "200", "--pairs", "3", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
@@ -95,8 +95,8 @@ def test_each_aerial_chip_is_the_orthophoto_around_its_camera_within_the_jitter(
 
     import numpy as np
 
-    from tiling.synthetic.render import orthophoto
-    from tiling.synthetic.world import WorldConfig
+    from synthetic_world.render import orthophoto
+    from synthetic_world.world import WorldConfig
 
     proc = run_saig("synth", "--seed", "5", "--size-m", "200", "--pairs", "4", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr

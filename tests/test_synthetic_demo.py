@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tiling.synthetic.demo import _score, _summary
-from tiling.synthetic.io import TruthRow
+from synthetic_world.demo import _score, _summary
+from synthetic_world.io import TruthRow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_demo_without_its_checkpoint_says_how_to_make_it(tmp_path):
 @pytest.mark.slow
 def test_demo_runs_the_whole_product_and_reports_what_it_measured(tmp_path):
     from saig_core import build_model, save_checkpoint
-    from saig_core.transforms import AugmentConfig
+    from saig_core.data.transforms import AugmentConfig
 
     model = build_model("saig_micro", pool="gap", ground_size=(32, 128), aerial_size=(64, 64))
     ckpt = save_checkpoint(model, tmp_path / "micro.pt", ground_input=AugmentConfig(

@@ -8,13 +8,13 @@ import mercantile
 import numpy as np
 import pytest
 import rasterio
+from conftest import SHARED_DATA, requires_shared_data
 from pyproj import Transformer
 from rasterio.enums import ColorInterp
 from rasterio.transform import Affine, from_origin
-
-from conftest import SHARED_DATA, requires_shared_data
-from tiling.chips import ChipParams, ChipPlanner, ChipReader, RasterError, iter_chips, open_source, open_sources
 from tiling_fixtures import ORIGIN, UTM33N, json_lines, ortho, run, texture, write_raster
+
+from tiling.chips import ChipParams, ChipPlanner, ChipReader, RasterError, iter_chips, open_source, open_sources
 
 
 def cut(paths, **kw):
@@ -42,7 +42,7 @@ def test_chips_lie_on_the_metric_lattice_with_independently_computed_centres(tmp
         assert (chip.x, chip.y) == ((minx + maxx) / 2, (miny + maxy) / 2)
         lon, lat = to_wgs.transform(chip.x, chip.y)
         assert chip.lon == pytest.approx(lon, abs=1e-9) and chip.lat == pytest.approx(lat, abs=1e-9)
-        assert chip.window == pytest.approx(((minx - ORIGIN[0]) / 0.5, (ORIGIN[1] - maxy) / 0.5, 40, 40))
+        assert chip.window.flatten() == pytest.approx(((minx - ORIGIN[0]) / 0.5, (ORIGIN[1] - maxy) / 0.5, 40, 40))
         assert chip.gsd_m == pytest.approx(20 / 32)
         assert rgb.shape == (32, 32, 3) and rgb.dtype == np.uint8
     assert len({c.chip_id for c, _ in chips}) == len(chips)
@@ -53,7 +53,7 @@ def test_chip_pixels_are_the_source_pixels_when_resolutions_match(tmp_path):
     _, chips = cut([path], chip=16.0, stride=16.0, out=(32, 32))
     with rasterio.open(path) as src:
         for chip, rgb in chips[:5]:
-            col, row, w, h = (int(round(v)) for v in chip.window)
+            col, row, w, h = (int(round(v)) for v in chip.window.flatten())
             expected = src.read(window=((row, row + h), (col, col + w)))
             np.testing.assert_array_equal(np.moveaxis(rgb, -1, 0), expected)
 
@@ -231,7 +231,7 @@ def test_real_orthophoto_chip_centres_match_an_independent_pyproj_computation(pa
         lon, lat = grid_to_wgs.transform(chip.x, chip.y)
         assert (chip.lon, chip.lat) == pytest.approx((lon, lat), abs=1e-9)
         # the centre of the chip's source pixel window, through the file's own geotransform and CRS
-        col_off, row_off, w, h = chip.window
+        col_off, row_off, w, h = chip.window.flatten()
         sx = src_transform.c + src_transform.a * (col_off + w / 2)
         sy = src_transform.f + src_transform.e * (row_off + h / 2)
         wlon, wlat = src_to_wgs.transform(sx, sy)

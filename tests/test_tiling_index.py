@@ -11,10 +11,10 @@ import time
 import faiss
 import numpy as np
 import pytest
+from tiling_fixtures import SAIG, json_lines, micro_checkpoint, ortho, run
 
 from tiling import search
 from tiling.manifest import read_manifest
-from tiling_fixtures import SAIG, json_lines, micro_checkpoint, ortho, run
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import rasterio
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 from pyproj import Geod, Transformer
+from tiling_fixtures import GROUND, json_lines, micro_checkpoint, ortho, photo, run, texture, write_raster
 
 from tiling import search
 from tiling.heatmap import NODATA
 from tiling.photos import GroundInput, PhotoError, read_photo
-from tiling_fixtures import GROUND, json_lines, micro_checkpoint, ortho, photo, run, texture, write_raster
 
 
 def gps_exif(lat: float, lon: float, heading=None, ref="T") -> Image.Exif:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from crossview_fixtures import write_pairs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from crossview_fixtures import write_pairs
+
 from saig_core import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,6 +118,7 @@ def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_pa
 
 def test_eval_on_a_vigor_recipe_reports_the_hit_rate_over_the_full_city_gallery(tmp_path):
     from crossview_fixtures import write_vigor
+
     from saig_core import build_model, save_checkpoint
 
     write_vigor(tmp_path / "VIGOR")

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from crossview_fixtures import write_pairs
+
 from saig_core import load_checkpoint
-from saig_core.schedule import CosineSchedule
-from saig_core.sam import SAM
-from saig_core.train_config import ConfigError, config_from_dict, load_config
-from saig_core.trainer import build_optimizer, build_training_model, epoch_batches, train
+from saig_core.training.config import ConfigError, config_from_dict, load_config
+from saig_core.training.sam import SAM
+from saig_core.training.schedule import CosineSchedule
+from saig_core.training.trainer import build_optimizer, build_training_model, epoch_batches, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -171,8 +171,8 @@ def test_shipped_configs_all_load_and_validate():
 
 def _micro_step(precision: str, asam: bool, scaler=None):
     from saig_core import build_model
-    from saig_core.losses import build_loss
-    from saig_core.trainer import TrainStep
+    from saig_core.training.losses import build_loss
+    from saig_core.training.trainer import TrainStep
 
     torch.manual_seed(0)
     model = build_model("saig_micro", "gap", (32, 128), (64, 64)).train()
@@ -204,8 +204,8 @@ def test_fp16_overflow_skips_the_asam_step_and_lowers_the_loss_scale():
 
 
 def test_model_init_from_an_imagenet_backbone_file_loads_both_branches(tmp_path, pairs_csv):
-    from saig_core.backbone import SAIGBackbone
-    from saig_core.config import BACKBONE_PRESETS
+    from saig_core.model.backbone import SAIGBackbone
+    from saig_core.model.config import BACKBONE_PRESETS
 
     torch.manual_seed(0)
     backbone = SAIGBackbone(BACKBONE_PRESETS["saig_s"], (14, 14)).state_dict()

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from saig_core.preprocess import image_to_tensor
-from saig_core.transforms import (
+from saig_core.data.preprocess import image_to_tensor
+from saig_core.data.transforms import (
     AugmentConfig,
     PairTransform,
     circular_shift,

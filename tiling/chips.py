@@ -31,21 +31,22 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import rasterio
 from pyproj import CRS, Transformer
+from rasterio import windows
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.transform import from_bounds
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from saig_core.errors import SaigError
-
-from .grid import GridSpec, choose_grid
+from tiling.grid import GridSpec, choose_grid
 
 GDAL_CACHE_MB = 256
 STATS_SIZE = 1024
@@ -102,7 +103,7 @@ class Chip:
     source_index: int  # position of the source raster in the run
     row: int  # grid cell row (XYZ: tile y)
     col: int  # grid cell column (XYZ: tile x)
-    window: tuple[float, float, float, float]  # col_off, row_off, width, height in source pixels
+    window: Window  # the footprint in source pixels (fractional; may reach outside the raster)
     footprint: tuple[float, float, float, float]  # minx, miny, maxx, maxy in the grid CRS
     x: float  # centre, grid CRS
     y: float
@@ -308,7 +309,7 @@ class ChipPlanner:
                 rr, cc = int(r[k]), int(c[k])
                 chip_id = f"{grid.zoom}/{cc}/{rr}" if grid.kind == "xyz" else f"r{rr}c{cc}"
                 yield Chip(seq0 + i0 + k, chip_id, str(src.path), src.index, rr, cc,
-                           tuple(round(float(v), 4) for v in win[k]), tuple(float(v) for v in fp[k]),
+                           Window(*(round(float(v), 4) for v in win[k])), tuple(float(v) for v in fp[k]),
                            float(cx[k]), float(cy[k]), float(lon[k]), float(lat[k]), float(gsd[k]))
 
 
@@ -318,17 +319,16 @@ class ChipReader:
     def __init__(self, planner: ChipPlanner) -> None:
         self.planner = planner
         self.resampling = Resampling[planner.params.resampling]
-        self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
-        self._env.__enter__()
-        self._views: dict[int, object] = {}
+        self._stack = ExitStack()
+        self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+        self._views: dict[int, rasterio.io.DatasetReader] = {}
 
     def close(self) -> None:
-        for view in self._views.values():
-            view.close()
+        """Close every dataset this reader opened, then leave its GDAL environment."""
         self._views.clear()
-        self._env.__exit__(None, None, None)
+        self._stack.close()
 
-    def __enter__(self) -> "ChipReader":
+    def __enter__(self) -> ChipReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -337,7 +337,7 @@ class ChipReader:
     def _dataset(self, src: SourceRaster):
         ds = self._views.get(src.index)
         if ds is None:
-            ds = self._views[src.index] = rasterio.open(src.path)
+            ds = self._views[src.index] = self._stack.enter_context(rasterio.open(src.path))
         return ds
 
     def read(self, chip: Chip) -> np.ndarray:
@@ -365,24 +365,23 @@ class ChipReader:
         fractional part is Pillow's ``resize`` with a sub-pixel ``box``. Outside pixels stay invalid.
         """
         h, w = self.planner.out_h, self.planner.out_w
-        t = ds.transform
-        minx, miny, maxx, maxy = chip.footprint
-        col_off, row_off = (minx - t.c) / t.a, (maxy - t.f) / t.e
-        px_w, px_h = (maxx - minx) / t.a / w, (maxy - miny) / -t.e / h  # source pixels per chip pixel
-        j0, j1 = _inside(col_off, px_w, w, ds.width)
-        i0, i1 = _inside(row_off, px_h, h, ds.height)
+        exact = windows.from_bounds(*chip.footprint, transform=ds.transform)  # fractional source pixels
+        px_w, px_h = exact.width / w, exact.height / h  # source pixels per chip pixel
+        j0, j1 = _inside(exact.col_off, px_w, w, ds.width)
+        i0, i1 = _inside(exact.row_off, px_h, h, ds.height)
         nb = len(src.bands)
         data = np.zeros((nb, h, w), dtype=ds.dtypes[src.bands[0] - 1])
         valid = np.zeros((h, w), bool)
         if j1 <= j0 or i1 <= i0:
             return data, valid
-        x0, y0 = col_off + j0 * px_w, row_off + i0 * px_h  # exact source region of the kept chip pixels
-        x1, y1 = col_off + j1 * px_w, row_off + i1 * px_h
+        # the exact source region of the kept chip pixels, and the whole-pixel window enclosing it
+        x0, y0 = exact.col_off + j0 * px_w, exact.row_off + i0 * px_h
+        x1, y1 = exact.col_off + j1 * px_w, exact.row_off + i1 * px_h
         c0, r0 = max(0, math.floor(x0 + 1e-6)), max(0, math.floor(y0 + 1e-6))
         c1, r1 = min(ds.width, math.ceil(x1 - 1e-6)), min(ds.height, math.ceil(y1 - 1e-6))
-        fx, fy = max(1, int(px_w)), max(1, int(px_h))
-        rw, rh = -(-(c1 - c0) // fx), -(-(r1 - r0) // fy)
         win = Window(c0, r0, c1 - c0, r1 - r0)
+        fx, fy = max(1, int(px_w)), max(1, int(px_h))  # integer decimation lets GDAL use overviews
+        rw, rh = -(-(c1 - c0) // fx), -(-(r1 - r0) // fy)
         if (rw, rh) == (c1 - c0, r1 - r0):
             raw = ds.read(src.bands, window=win)
             mask = ds.read_masks(src.bands[0], window=win)

@@ -38,13 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from saig_core.errors import SaigError
-from saig_core.progress import Reporter
+from saig_core.runtime.progress import Reporter
 from saig_core.version import __version__
-
-from . import search
-from .chips import ChipParams, ChipPlanner, ChipReader, NoChipError, RasterError, iter_chips
-from .manifest import chip_records, write_manifest
-from .tile import close_sources, plan_run, report_raster_error
+from tiling import search
+from tiling.chips import ChipParams, ChipPlanner, ChipReader, NoChipError, RasterError, iter_chips
+from tiling.manifest import chip_records, write_manifest
+from tiling.plan import planned_run, report_raster_error
 
 FORMAT = "saig-index"
 FORMAT_VERSION = 1
@@ -199,9 +198,9 @@ def _reader_thread(planner: ChipPlanner, start_seq: int, taken: set, failed: set
 def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str | os.PathLike,
                 opts: BuildOptions, reporter: Reporter, chip_kwargs: dict | None = None) -> BuildResult:
     """Build (or resume building) an index folder; see the module docstring."""
-    from saig_core.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint
-    from saig_core.device import describe_device, resolve_device
-    from saig_core.encode import Encoder
+    from saig_core.runtime.device import describe_device, resolve_device
+    from saig_core.runtime.encode import Encoder
+    from saig_core.weights.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint
 
     out = Path(out)
     empty_dir = out.is_dir() and not any(out.iterdir())  # e.g. made by a file dialog: fine to fill
@@ -222,8 +221,7 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
     chip_px = (2 * aerial[0], 2 * aerial[0]) if polar else aerial
     params = ChipParams(chip_size_m, stride_m, out_size=chip_px, **(chip_kwargs or {}))
     failed: list[str] = []
-    planner = plan_run(paths, params, reporter, failed)
-    try:
+    with planned_run(paths, params, reporter, failed) as planner:
         key = _run_key(planner, params, fingerprint)
         work = out.with_name(f".{out.name}.partial")
         shard_dir = work / "shards"
@@ -249,8 +247,6 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
                 failed.append(f)
         _publish(work, out)
         return BuildResult(out, meta["count"], meta["crs"], fingerprint, failed)
-    finally:
-        close_sources(planner.sources)
 
 
 def _encode(planner, encoder, prog: _Progress, shard_dir: Path, opts: BuildOptions, reporter: Reporter,
@@ -258,8 +254,8 @@ def _encode(planner, encoder, prog: _Progress, shard_dir: Path, opts: BuildOptio
     """Encode every remaining chip, committing a shard every ``opts.shard_chips`` chips and at the end."""
     import torch
 
-    from saig_core.preprocess import MEAN, STD
-    from saig_core.transforms import polar_transform
+    from saig_core.data.preprocess import MEAN, STD
+    from saig_core.data.transforms import polar_transform
 
     total = planner.count()
     q: queue.Queue = queue.Queue(maxsize=PREFETCH)

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from saig_core.errors import SaigError
-from saig_core.progress import Reporter
-
-from . import search
-from .heatmap import write_heatmap
-from .index import INDEX_FILE, MANIFEST_FILE, index_info
-from .manifest import GPKG_OPTIONS
-from .photos import GroundInput, PhotoError, collect_photos, read_photo
+from saig_core.runtime.progress import Reporter
+from tiling import search
+from tiling.heatmap import write_heatmap
+from tiling.index import INDEX_FILE, MANIFEST_FILE, index_info
+from tiling.manifest import GPKG_OPTIONS
+from tiling.photos import GroundInput, PhotoError, collect_photos, read_photo
+from tiling.schema import CANDIDATE_COLUMNS, CANDIDATE_RESULT_FIELDS, PHOTO_COLUMNS
 
 
 class FingerprintMismatch(SaigError, ValueError):
@@ -55,7 +55,7 @@ class LoadedIndex:
     def __init__(self, index_dir: str | os.PathLike) -> None:
         import faiss
 
-        from .manifest import read_manifest
+        from tiling.manifest import read_manifest
 
         self.dir = Path(index_dir)
         self.meta = index_info(self.dir, verify=True)
@@ -73,8 +73,8 @@ class LoadedIndex:
 
 def load_model_for_index(index: LoadedIndex, checkpoint: str | None, device):
     """An encoder for the index's model (checkpoint given or recorded), refusing another fingerprint."""
-    from saig_core.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint
-    from saig_core.encode import Encoder
+    from saig_core.runtime.encode import Encoder
+    from saig_core.weights.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint
 
     recorded = index.meta["model"]
     path = checkpoint or recorded.get("checkpoint")
@@ -105,7 +105,7 @@ def locate_photos(inputs: list[str], out: str | os.PathLike, opts: LocateOptions
     """Locate every photo; returns the number that failed (each reported as it happens)."""
     from pyproj import Geod
 
-    from saig_core.device import describe_device, resolve_device
+    from saig_core.runtime.device import describe_device, resolve_device
 
     out = Path(out)
     if out.exists() and not opts.overwrite:
@@ -191,8 +191,7 @@ def _locate_one(path: Path, index: LoadedIndex, encoder, ground: GroundInput, ge
     exif_json = exif.as_json()
     if opts.json_lines:
         reporter.emit("result", photo=str(path), exif=exif_json,
-                      candidates=[{k: c[k] for k in ("rank", "score", "chip_id", "lon", "lat", "x", "y", "distance_m")}
-                                  for c in cands],
+                      candidates=[{k: c[k] for k in CANDIDATE_RESULT_FIELDS} for c in cands],
                       heatmap=str(heat_path) if heat_path else None)
     elif cands:
         top = cands[0]
@@ -214,11 +213,10 @@ def _write_results(out: Path, cand_rows: list[dict], photo_rows: list[dict], gri
 
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix or '.gpkg'}")
     try:
-        cdf = pd.DataFrame(cand_rows, columns=["photo", "rank", "score", "chip_id", "faiss_id", "lon", "lat", "x", "y",
-                                               "distance_m", "grid_crs"])
+        cdf = pd.DataFrame(cand_rows, columns=list(CANDIDATE_COLUMNS))
         cands = gpd.GeoDataFrame(cdf, geometry=shapely.points(cdf["lon"].to_numpy(float), cdf["lat"].to_numpy(float)),
                                  crs="EPSG:4326")
-        pdf = pd.DataFrame(photo_rows)
+        pdf = pd.DataFrame(photo_rows, columns=list(PHOTO_COLUMNS))
         has = pdf["lon"].notna() & pdf["lat"].notna()
         geom = [shapely.Point(lo, la) if h else None for lo, la, h in zip(pdf["lon"], pdf["lat"], has)]
         photos = gpd.GeoDataFrame(pdf, geometry=geom, crs="EPSG:4326")

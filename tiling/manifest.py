@@ -8,13 +8,13 @@ window in the source raster's pixels, fractional), ``x``/``y`` (centre, grid CRS
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
-from .chips import Chip
+from tiling.chips import Chip
 
 LAYER = "chips"
 # GeoPackage 1.2: what QGIS 3.22 (GDAL 3.6) reads without a "partially supported" warning; newer
@@ -28,7 +28,8 @@ def chip_records(chips: Iterable[Chip]) -> list[dict]:
     """Plain dict rows (JSON-serialisable) for chips; ``faiss_id`` is assigned when writing."""
     return [{
         "chip_id": c.chip_id, "source": c.source, "row": c.row, "col": c.col,
-        "win_col_off": c.window[0], "win_row_off": c.window[1], "win_width": c.window[2], "win_height": c.window[3],
+        "win_col_off": c.window.col_off, "win_row_off": c.window.row_off, "win_width": c.window.width,
+        "win_height": c.window.height,
         "x": c.x, "y": c.y, "lon": c.lon, "lat": c.lat, "gsd_m": c.gsd_m, "valid_fraction": round(c.valid_fraction, 4),
         "minx": c.footprint[0], "miny": c.footprint[1], "maxx": c.footprint[2], "maxy": c.footprint[3],
     } for c in chips]

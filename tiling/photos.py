@@ -7,7 +7,7 @@
   as recorded: no declination model is applied) gives the heading. Values that are missing,
   non-numeric, non-finite or out of range are ignored with a warning naming the file and the tag;
   the photo is still located, without a prior.
-* Model input (the convention of :mod:`saig_core.transforms`, shared with training): an image at
+* Model input (the convention of :mod:`saig_core.data.transforms`, shared with training): an image at
   least :data:`PANORAMA_ASPECT` times wider than tall is a 360° equirectangular panorama (column 0 =
   north) resized to the ground input. Any other photo is a limited field of view of ``fov_deg``
   degrees (``--fov-deg``; else from EXIF ``FocalLengthIn35mmFilm`` as 2·atan(36 / 2f); else the
@@ -102,7 +102,7 @@ def read_photo(path: str | os.PathLike) -> Photo:
             except Exception as e:  # noqa: BLE001 - a garbage orientation tag must not lose the photo
                 exif.warnings.append(f"{path}: EXIF orientation ignored ({e})")
             im.load()
-            from saig_core.preprocess import to_rgb
+            from saig_core.data.preprocess import to_rgb
 
             rgb = to_rgb(im)
     except UnidentifiedImageError:
@@ -194,7 +194,7 @@ class GroundInput:
     train_fov_deg: float | None = None
 
     @classmethod
-    def from_metadata(cls, size: tuple[int, int], metadata: dict | None) -> "GroundInput":
+    def from_metadata(cls, size: tuple[int, int], metadata: dict | None) -> GroundInput:
         gi = (metadata or {}).get("ground_input") or {}
         fovs = gi.get("fov_deg") or []
         return cls(tuple(size), gi.get("fov_placement", "resize"), bool(gi.get("fov_heading_known", False)),
@@ -209,8 +209,8 @@ class GroundInput:
 
     def tensor(self, photo: Photo, fov_override: float | None = None):
         """The normalised (3, H, W) ground input of a photo."""
-        from saig_core.preprocess import image_to_tensor
-        from saig_core.transforms import limited_fov_to_input
+        from saig_core.data.preprocess import image_to_tensor
+        from saig_core.data.transforms import limited_fov_to_input
 
         kind, fov = self.describe(photo, fov_override)
         if kind == "panorama":

@@ -19,20 +19,28 @@ and candidate lists agree.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
 FLAT_MAX = 200_000
 NPROBE = 64
 KINDS = ("flat", "pcasq", "ivfpq")
+INDEX_KINDS = ("auto", *KINDS)  # what ``--index-type`` accepts
+PCA_DIM = 96
+
+
+def describe_index_kinds() -> str:
+    """One sentence on the index kinds, for help texts."""
+    return (f"FAISS index: flat (exact) or compressed ({PCA_DIM + 8} bytes/chip); auto = flat up to "
+            f"{FLAT_MAX:,} chips, else pcasq")
 
 
 def choose_kind(kind: str, count: int) -> str:
     if kind == "auto":
         return "flat" if count <= FLAT_MAX else "pcasq"
     if kind not in KINDS:
-        raise ValueError(f"unknown index type {kind!r}; choose auto, {', '.join(KINDS)}")
+        raise ValueError(f"unknown index type {kind!r}; choose {', '.join(INDEX_KINDS)}")
     return kind
 
 
@@ -42,7 +50,7 @@ def factory_string(kind: str, dim: int, count: int) -> str:
         return "Flat"
     nlist = int(min(65536, max(16, 2 ** round(math.log2(math.sqrt(max(count, 1)))))))
     if kind == "pcasq":
-        return f"PCA{min(96, dim)}(uncentred),IVF{nlist},SQ8"
+        return f"PCA{min(PCA_DIM, dim)}(uncentred),IVF{nlist},SQ8"
     m = max(d for d in range(1, min(120, max(1, dim // 2)) + 1) if dim % d == 0)
     return f"IVF{nlist},PQ{m}"
 
@@ -55,7 +63,7 @@ def make_index(kind: str, dim: int, count: int, sample: np.ndarray | None = None
     if kind == "pcasq":
         if sample is None:
             raise ValueError("a pcasq index needs a training sample")
-        reduced = min(96, dim)
+        reduced = min(PCA_DIM, dim)
         inner = faiss.index_factory(reduced, factory.split(",", 1)[1], faiss.METRIC_INNER_PRODUCT)
         return faiss.IndexPreTransform(uncentred_pca(sample, reduced), inner)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)

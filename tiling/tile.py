@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from saig_core.errors import SaigError
-from saig_core.progress import Reporter
-
-from .chips import ChipParams, ChipPlanner, ChipReader, NoChipError, RasterError, SourceRaster, iter_chips, open_sources
-from .manifest import chip_records, write_manifest
+from saig_core.runtime.progress import Reporter
+from tiling.chips import ChipParams, ChipReader, NoChipError, RasterError, iter_chips
+from tiling.manifest import chip_records, write_manifest
+from tiling.plan import planned_run, report_raster_error
 
 
 @dataclass
@@ -25,44 +25,13 @@ class TileResult:
     failed: list[str] = field(default_factory=list)
 
 
-def report_raster_error(reporter: Reporter, failed: list[str]):
-    """An ``on_error`` callback: report a bad raster and remember it."""
-    def on_error(e: RasterError, *_: object) -> None:
-        failed.append(e.filename)
-        reporter.error(str(e), file=e.filename, kind=type(e).__name__)
-    return on_error
-
-
-def plan_run(paths: list[str], params: ChipParams, reporter: Reporter, failed: list[str]) -> ChipPlanner:
-    """Open and validate the rasters (bad ones reported) and plan the grid; raises if none is usable."""
-    on_error = report_raster_error(reporter, failed)
-    sources = open_sources(paths, on_error=on_error)
-    while sources:
-        try:
-            return ChipPlanner(sources, params)
-        except RasterError as e:  # a raster incompatible with the chip size: drop it, re-plan the others
-            on_error(e)
-            bad = next(s for s in sources if str(s.path) == e.filename)
-            bad.close()
-            sources = [s for s in sources if s is not bad]
-            for k, s in enumerate(sources):
-                s.index = k
-    raise SaigError("no usable raster among the inputs: " + ", ".join(failed))
-
-
-def close_sources(sources: list[SourceRaster]) -> None:
-    for s in sources:
-        s.close()
-
-
 def tile_rasters(paths: list[str], params: ChipParams, out: str | os.PathLike, reporter: Reporter,
                  overwrite: bool = False) -> TileResult:
     out = Path(out)
     if out.exists() and not overwrite:
         raise SaigError(f"{out} already exists; pass --overwrite to replace it")
     failed: list[str] = []
-    planner = plan_run(paths, params, reporter, failed)
-    try:
+    with planned_run(paths, params, reporter, failed) as planner:
         total = planner.count()
         reporter.log(f"grid {planner.grid.crs_string} ({planner.grid.kind}), {len(planner.sources)} raster(s), "
                      f"{total} candidate chips")
@@ -89,5 +58,3 @@ def tile_rasters(paths: list[str], params: ChipParams, out: str | os.PathLike, r
                 reporter.log(f"{s.path}: no valid chip (all covered by earlier rasters or mostly nodata)", "warning")
         write_manifest(chip_records(chips), planner.grid.crs_string, out)
         return TileResult(out, len(chips), planner.grid.crs_string, failed)
-    finally:
-        close_sources(planner.sources)

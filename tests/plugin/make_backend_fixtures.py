@@ -42,6 +42,7 @@ def main() -> None:
     spec = json.load(open(sys.argv[1]))
     if spec.get("checkpoints"):
         import torch
+
         from saig_core import build_model, save_checkpoint
 
         torch.set_num_threads(1)

@@ -8,6 +8,7 @@ import stat
 import struct
 
 import pytest
+from conftest import CHIP_M, ORTHO_CRS, ORTHO_ORIGIN, ORTHO_PIXELS, STRIDE_M, run_backend_cli
 from qgis.core import (
     QgsApplication,
     QgsDistanceArea,
@@ -19,8 +20,6 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
-
-from conftest import CHIP_M, ORTHO_CRS, ORTHO_ORIGIN, ORTHO_PIXELS, STRIDE_M, run_backend_cli
 
 ORTHO_EXTENT = (ORTHO_ORIGIN[0], ORTHO_ORIGIN[1] - ORTHO_PIXELS, ORTHO_ORIGIN[0] + ORTHO_PIXELS, ORTHO_ORIGIN[1])
 
@@ -35,16 +34,16 @@ class RecordingFeedback(QgsProcessingFeedback):
         if cancel_on_progress:
             self.progressChanged.connect(lambda _value: self.cancel())
 
-    def reportError(self, error, fatalError=False):  # noqa: N802
+    def reportError(self, error, fatalError=False):
         self.errors.append(error)
 
-    def pushInfo(self, info):  # noqa: N802
+    def pushInfo(self, info):
         self.messages.append(info)
 
-    def pushWarning(self, warning):  # noqa: N802
+    def pushWarning(self, warning):
         self.messages.append(warning)
 
-    def pushCommandInfo(self, info):  # noqa: N802
+    def pushCommandInfo(self, info):
         self.messages.append(info)
 
 

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import CHIP_M, ORTHO_CRS, STRIDE_M, SignalRecorder, wait_until
 from qgis.core import (
     QgsColorRampShader,
     QgsCoordinateReferenceSystem,
@@ -14,10 +15,8 @@ from qgis.core import (
 )
 from qgis.gui import QgsMapCanvas, QgsMessageBar
 
-from conftest import CHIP_M, ORTHO_CRS, STRIDE_M, SignalRecorder, wait_until
 from qgis_saig_plugin import backend
 from qgis_saig_plugin.dock import SaigDock
-
 
 
 @pytest.fixture

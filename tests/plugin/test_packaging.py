@@ -11,9 +11,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from qgis.core import QgsVectorLayer
-
 from conftest import REPO, register_provider
+from qgis.core import QgsVectorLayer
 
 PACKAGE = REPO / "qgis_saig_plugin"
 REQUIRED_METADATA = ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email",

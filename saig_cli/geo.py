@@ -1,0 +1,151 @@
+"""The geospatial commands: ``saig tile``, ``saig index build``, ``saig index info``, ``saig locate``.
+
+Argument parsing and reporting only; the work is done by :mod:`tiling.tile`, :mod:`tiling.index`
+and :mod:`tiling.locate`. Output follows the CLI contract of ``docs/cli-contract.md`` (JSON lines with
+``--progress json`` / ``--json``; exit 0 ok, 1 error, 2 usage).
+"""
+from __future__ import annotations
+
+import argparse
+
+from saig_core.runtime.args import add_device_arg, parse_size
+from saig_core.runtime.progress import Reporter
+from tiling.search import INDEX_KINDS, describe_index_kinds
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tile", help="cut orthophotos into georeferenced chips; write the manifest (GeoPackage)")
+    p.add_argument("rasters", nargs="+", metavar="ORTHO", help="GeoTIFF orthophotos (overlaps: the first given wins)")
+    _chip_args(p)
+    p.add_argument("--aerial-size", type=parse_size, default=(256, 256), metavar="HxW",
+                   help="chip size in pixels (the model's aerial input; default 256x256)")
+    p.add_argument("--out", required=True, help="output GeoPackage (layer 'chips')")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.set_defaults(func=cmd_tile)
+
+    idx = sub.add_parser("index", help="build or inspect a reference index of aerial chips")
+    isub = idx.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    p = isub.add_parser("build", help="encode every chip of the orthophotos into a FAISS index folder")
+    p.add_argument("rasters", nargs="+", metavar="ORTHO", help="GeoTIFF orthophotos (overlaps: the first given wins)")
+    p.add_argument("--checkpoint", required=True, help="model checkpoint (its aerial branch encodes the chips)")
+    _chip_args(p)
+    p.add_argument("--out", required=True, help="output index folder (appears only when complete)")
+    add_device_arg(p)
+    p.add_argument("--batch-size", type=int, default=32, help="chips per encoder batch (default 32)")
+    p.add_argument("--index-type", default="auto", choices=INDEX_KINDS, help=describe_index_kinds())
+    p.add_argument("--shard-size", type=int, default=1024,
+                   help="chips per committed shard: how much work a killed build can lose (default 1024)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.set_defaults(func=cmd_index_build)
+
+    p = isub.add_parser("info", help="print an index's metadata and verify its checksums")
+    p.add_argument("index", metavar="INDEX_DIR")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.set_defaults(func=cmd_index_info)
+
+    p = sub.add_parser("schema", help="what the geospatial commands accept and write (photo types, output columns)")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("locate", help="rank candidate locations of ground photos against an index")
+    p.add_argument("photos", nargs="+", metavar="PHOTO_OR_DIR", help="JPEG/PNG/TIFF photos or folders of them")
+    p.add_argument("--index", required=True, metavar="INDEX_DIR")
+    p.add_argument("--checkpoint", default=None,
+                   help="model checkpoint (default: the one recorded in the index; must match its fingerprint)")
+    p.add_argument("-k", type=int, default=20, help="candidates per photo (default 20)")
+    p.add_argument("--prior-radius-m", type=float, default=None,
+                   help="only search chips within this distance of the photo's EXIF GPS position")
+    p.add_argument("--fov-deg", type=float, default=None,
+                   help="horizontal field of view of normal photos (default: from EXIF focal length, else 90)")
+    p.add_argument("--out", required=True, help="output GeoPackage (layers 'candidates' and 'photos')")
+    p.add_argument("--heatmap-dir", default=None, help="write one Float32 GeoTIFF heatmap per photo here")
+    add_device_arg(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output GeoPackage")
+    p.add_argument("--json", action="store_true", help="print one JSON line per photo")
+    p.set_defaults(func=cmd_locate)
+
+
+def _chip_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chip-size-m", type=float, required=True, help="chip ground size in metres")
+    p.add_argument("--stride-m", type=float, required=True, help="distance between chip origins in metres")
+    p.add_argument("--min-valid", type=float, default=0.5,
+                   help="skip chips with a smaller fraction of valid (not nodata/alpha/collar) pixels (default 0.5)")
+    p.add_argument("--grid", choices=("auto", "xyz"), default="auto",
+                   help="auto: the raster CRS when projected in metres, else UTM; xyz: web-mercator tiles")
+    p.add_argument("--grid-crs", default=None, help="force a projected metric grid CRS (e.g. EPSG:32633)")
+    p.add_argument("--zoom", type=int, default=None, help="XYZ zoom (default: closest to --chip-size-m)")
+
+
+def _params(args: argparse.Namespace, out_size: tuple[int, int]):
+    from tiling.chips import ChipParams
+
+    return ChipParams(args.chip_size_m, args.stride_m, out_size=out_size, min_valid=args.min_valid,
+                      grid=args.grid, grid_crs=args.grid_crs, zoom=args.zoom)
+
+
+def cmd_tile(args: argparse.Namespace, reporter: Reporter) -> int:
+    from tiling.tile import tile_rasters
+
+    result = tile_rasters(args.rasters, _params(args, args.aerial_size), args.out, reporter, overwrite=args.overwrite)
+    _report(args, reporter, f"wrote {result.count} chips ({result.crs}) to {result.output}",
+            output=str(result.output), layer="chips", count=result.count, crs=result.crs)
+    return 1 if result.failed else 0
+
+
+def cmd_index_build(args: argparse.Namespace, reporter: Reporter) -> int:
+    from tiling.index import BuildOptions, build_index
+
+    opts = BuildOptions(checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
+                        index_type=args.index_type, overwrite=args.overwrite, shard_chips=args.shard_size)
+    result = build_index(args.rasters, args.chip_size_m, args.stride_m, args.out, opts, reporter,
+                         chip_kwargs=dict(min_valid=args.min_valid, grid=args.grid, grid_crs=args.grid_crs,
+                                          zoom=args.zoom))
+    _report(args, reporter, f"indexed {result.count} chips ({result.crs}) into {result.index}",
+            index=str(result.index), count=result.count, crs=result.crs, fingerprint=result.fingerprint)
+    return 1 if result.failed else 0
+
+
+def _report(args: argparse.Namespace, reporter: Reporter, message: str, **result) -> None:
+    """The command's result: one JSON ``result`` line for programs, else a sentence on stderr."""
+    if args.json or reporter.json:
+        reporter.emit("result", **result)
+    else:
+        reporter.log(message)
+
+
+def cmd_index_info(args: argparse.Namespace, reporter: Reporter) -> int:
+    import json
+
+    from tiling.index import index_info
+
+    meta = index_info(args.index)
+    if args.json or reporter.json:
+        reporter.emit("result", **meta)
+        return 0
+    print(json.dumps(meta, indent=2))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``saig schema``: the contract of :func:`tiling.schema.contract`."""
+    import json
+
+    from tiling.schema import contract
+
+    if args.json or reporter.json:
+        reporter.emit("result", **contract())
+    else:
+        print(json.dumps(contract(), indent=2))
+    return 0
+
+
+def cmd_locate(args: argparse.Namespace, reporter: Reporter) -> int:
+    from tiling.locate import LocateOptions, locate_photos
+
+    opts = LocateOptions(index=args.index, checkpoint=args.checkpoint, k=args.k, prior_radius_m=args.prior_radius_m,
+                         fov_deg=args.fov_deg, heatmap_dir=args.heatmap_dir, device=args.device,
+                         overwrite=args.overwrite, json_lines=args.json or reporter.json)
+    failed = locate_photos(args.photos, args.out, opts, reporter)
+    return 1 if failed else 0

@@ -1,0 +1,305 @@
+"""``saig demo``: the whole product on a held-out synthetic world, measured against its ground truth.
+
+Runs the user's commands as a user would (subprocesses of the ``saig`` CLI): ``saig synth`` makes a
+world whose seed no training world used, ``saig index build`` indexes its orthophoto, ``saig locate``
+geolocates its photos; then this module scores the candidates against ``truth.csv`` and draws
+overviews. A photo counts as a hit at rank k when one of its top-k candidate chip centres lies
+within ``hit_radius_m`` of the true position (neighbouring chips overlap, so chip identity is not a
+meaningful criterion); ``R@1%`` uses k = floor(0.01 * chips) + 1 as in the cross-view literature.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from saig_core.errors import SaigError
+from synthetic_world import io
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: Path = Path("demo_out")
+    checkpoint: Path = Path("models/demo.pt")
+    seed: int = 2026                 # never a training seed (those are 101-109)
+    size_m: float = 2000.0
+    panoramas: int = 200
+    fov_photos: int = 50
+    chip_size_m: float = 64.0
+    stride_m: float = 16.0
+    hit_radius_m: float = 25.0
+    overviews: int = 6
+
+
+def _saig(args: list[str], log) -> list[dict]:
+    """Run ``saig --progress json ARGS``; return its JSON events, or raise with its error.
+
+    Progress events are echoed as a one-line counter when stderr is a terminal.
+    """
+    import tempfile
+
+    cmd = [sys.executable, "-m", "saig_core", "--progress", "json", *args]
+    log("$ saig " + " ".join(args))
+    live = sys.stderr.isatty()
+    events = []
+    with tempfile.TemporaryFile("w+") as err:
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+            for line in proc.stdout:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                events.append(event)
+                if live and event.get("event") == "progress":
+                    total = event.get("total") or "?"
+                    print(f"\r  {event.get('stage')}: {event.get('done')}/{total}   ", end="", file=sys.stderr,
+                          flush=True)
+        if live:
+            print(file=sys.stderr)
+        err.seek(0)
+        stderr = err.read()
+    if proc.returncode != 0:
+        errors = [e.get("message", "") for e in events if e.get("event") == "error"]
+        detail = "; ".join(errors) or stderr.strip()[-2000:]
+        raise SaigError(f"`saig {args[0]}` failed (exit {proc.returncode}): {detail}")
+    return [e for e in events if e.get("event") != "progress"]
+
+
+def run_demo(cfg: DemoConfig, log=print) -> dict:
+    """Generate, index, locate and score; write ``cfg.out``/report.json and overviews; return the report."""
+    if not cfg.checkpoint.is_file():
+        raise SaigError(f"{cfg.checkpoint}: demo checkpoint not found (run `make demo-model` to train it)")
+    out = cfg.out
+    if out.exists():
+        shutil.rmtree(out)          # the demo's own folder: every figure comes from this run
+    out.mkdir(parents=True)
+    world_dir, index_dir = out / "world", out / "index"
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    _saig(["synth", "--seed", str(cfg.seed), "--size-m", str(cfg.size_m), "--photos", str(cfg.panoramas),
+           "--fov-photos", str(cfg.fov_photos), "--out", str(world_dir)], log)
+    timings["synth_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    built = _saig(["index", "build", str(world_dir / "orthophoto.tif"), "--checkpoint", str(cfg.checkpoint),
+                   "--chip-size-m", str(cfg.chip_size_m), "--stride-m", str(cfg.stride_m), "--out", str(index_dir),
+                   "--json"], log)
+    timings["index_build_s"] = time.perf_counter() - t0
+    result = [e for e in built if e.get("event") == "result"][-1]
+    chips = int(result["count"])
+    k_percent = chips // 100 + 1
+
+    t0 = time.perf_counter()
+    located = _saig(["locate", str(world_dir / "photos"), "--index", str(index_dir), "-k", str(max(k_percent, 5)),
+                     "--out", str(out / "candidates.gpkg"), "--heatmap-dir", str(out / "heatmaps"), "--json"], log)
+    timings["locate_s"] = time.perf_counter() - t0
+
+    truth = {Path(r.file).name: r for r in io.read_truth(world_dir / "truth.csv")}
+    results = {Path(e["photo"]).name: e for e in located if e.get("event") == "result" and "photo" in e}
+    meta = json.loads((world_dir / "world.json").read_text())
+    scored = _score(truth, results, meta["crs"], cfg.hit_radius_m, k_percent)
+    chance = math.pi * cfg.hit_radius_m ** 2 / cfg.stride_m ** 2 / chips
+
+    t0 = time.perf_counter()
+    overview_files = _draw_overviews(cfg, world_dir, out, truth, results, scored)
+    timings["overviews_s"] = time.perf_counter() - t0
+    timings["total_s"] = sum(timings.values())
+
+    report = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "world": {"seed": cfg.seed, "crs": meta["crs"], "size_m": cfg.size_m, "buildings": meta["buildings"]},
+        "chips": chips,
+        "k_for_r1_percent": k_percent,
+        "hit_definition": f"a top-k candidate chip centre within {cfg.hit_radius_m:g} m of the true position",
+        "chance_r1": chance,
+        "chance_r1_percent": min(1.0, chance * k_percent),
+        "metrics": {kind: _summary(rows, chance) for kind, rows in _by_kind(scored).items()},
+        "photos_failed": sorted(set(truth) - set(results)),
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "outputs": {"candidates": "candidates.gpkg", "heatmaps": "heatmaps/", "overviews": overview_files,
+                    "per_photo": "per_photo.json"},
+    }
+    (out / "per_photo.json").write_text(json.dumps(scored, indent=1))
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _score(truth: dict, results: dict, crs: str, radius: float, k_percent: int) -> list[dict]:
+    """Per photo: top-1 error (m) and the rank of the first candidate within ``radius`` (None if none)."""
+    from pyproj import Transformer
+
+    to_grid = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    rows = []
+    for name, t in sorted(truth.items()):
+        if name not in results:
+            continue
+        cands = sorted(results[name]["candidates"], key=lambda c: c["rank"])
+        xs, ys = to_grid.transform([c["lon"] for c in cands], [c["lat"] for c in cands])
+        dist = np.hypot(np.asarray(xs) - t.x, np.asarray(ys) - t.y)
+        within = np.nonzero(dist <= radius)[0]
+        rows.append({"photo": name, "kind": t.kind, "top1_error_m": round(float(dist[0]), 2),
+                     "first_hit_rank": int(within[0]) + 1 if len(within) else None,
+                     "top5": [[round(float(x), 2), round(float(y), 2)] for x, y in zip(xs[:5], ys[:5])]})
+    for r in rows:
+        r["hit@1"] = r["first_hit_rank"] == 1
+        r["hit@5"] = r["first_hit_rank"] is not None and r["first_hit_rank"] <= 5
+        r["hit@1%"] = r["first_hit_rank"] is not None and r["first_hit_rank"] <= k_percent
+    return rows
+
+
+def _by_kind(rows: list[dict]) -> dict[str, list[dict]]:
+    groups = {"panorama": [r for r in rows if r["kind"] == "panorama"],
+              "photo_90deg": [r for r in rows if r["kind"] == "photo"], "all": rows}
+    return {k: v for k, v in groups.items() if v}
+
+
+def _summary(rows: list[dict], chance: float) -> dict:
+    err = np.asarray([r["top1_error_m"] for r in rows])
+    r1 = float(np.mean([r["hit@1"] for r in rows]))
+    return {"count": len(rows), "R@1": round(r1, 4), "R@5": round(float(np.mean([r["hit@5"] for r in rows])), 4),
+            "R@1%": round(float(np.mean([r["hit@1%"] for r in rows])), 4),
+            "R@1_over_chance": round(r1 / chance, 1),
+            "median_error_m": round(float(np.median(err)), 1), "p90_error_m": round(float(np.percentile(err, 90)), 1)}
+
+
+def format_table(report: dict) -> str:
+    lines = [f"{'photos':<12}{'n':>5}{'R@1':>8}{'R@5':>8}{'R@1%':>8}{'x chance':>10}{'median m':>10}{'p90 m':>9}"]
+    for kind, m in report["metrics"].items():
+        lines.append(f"{kind:<12}{m['count']:>5}{m['R@1']:>8.3f}{m['R@5']:>8.3f}{m['R@1%']:>8.3f}"
+                     f"{m['R@1_over_chance']:>10.1f}{m['median_error_m']:>10.1f}{m['p90_error_m']:>9.1f}")
+    t = report["timings_s"]
+    lines.append(f"{report['chips']} chips (R@1% = top {report['k_for_r1_percent']}), hit = "
+                 f"{report['hit_definition']}; chance R@1 {report['chance_r1']:.5f}")
+    lines.append("time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in t.items()))
+    return "\n".join(lines)
+
+
+# -- overviews -------------------------------------------------------------------------------------
+
+_HEAT = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)
+
+
+def _colormap(v: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> (.., 3) uint8 on an inferno-like ramp."""
+    pos = np.clip(v, 0, 1) * (len(_HEAT) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(_HEAT) - 2)
+    f = (pos - lo)[..., None]
+    return (_HEAT[lo] * (1 - f) + _HEAT[lo + 1] * f).astype(np.uint8)
+
+
+def _panel(ortho_path: Path, heat_path: Path | None, bounds, size: int, opacity: float):
+    """Orthophoto of ``bounds`` (grid CRS) at ``size`` px with the heatmap blended on top (the top
+    half of the scores, up to ``opacity``)."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.transform import from_bounds
+    from rasterio.warp import reproject
+    from rasterio.windows import from_bounds as window_from_bounds
+
+    w, s, e, n = bounds
+    with rasterio.open(ortho_path) as src:
+        win = window_from_bounds(w, s, e, n, src.transform)
+        rgb = src.read(window=win, out_shape=(3, size, size), resampling=Resampling.average, boundless=True,
+                       fill_value=0)
+        crs = src.crs
+    img = np.moveaxis(rgb, 0, 2).astype(np.float32)
+    if heat_path is not None and heat_path.is_file():
+        heat = np.full((size, size), np.nan, np.float32)
+        with rasterio.open(heat_path) as h:
+            reproject(rasterio.band(h, 1), heat, dst_transform=from_bounds(w, s, e, n, size, size), dst_crs=crs,
+                      dst_nodata=np.nan, resampling=Resampling.nearest)
+        valid = np.isfinite(heat)
+        if valid.any():
+            lo, hi = np.nanpercentile(heat, 50), np.nanmax(heat)
+            v = np.where(valid, (heat - lo) / max(hi - lo, 1e-6), 0)
+            alpha = (np.clip(v, 0, 1) * opacity)[..., None] * valid[..., None]
+            img = img * (1 - alpha) + _colormap(v).astype(np.float32) * alpha
+    return img.astype(np.uint8)
+
+
+def _draw_overviews(cfg: DemoConfig, world_dir: Path, out: Path, truth, results, scored) -> list[str]:
+    """For a few panoramas and photos: the photo above the whole world and a 400 m zoom, with the
+    heatmap, the true position (white cross) and the top-5 candidates (numbered circles)."""
+    from PIL import Image, ImageDraw
+
+    meta = json.loads((world_dir / "world.json").read_text())
+    w, s, e, n = meta["bounds"]
+    by_name = {r["photo"]: r for r in scored}
+    panos = [r for r in scored if r["kind"] == "panorama"]
+    photos = [r for r in scored if r["kind"] == "photo"]
+    chosen = panos[: max(1, cfg.overviews * 2 // 3)] + photos[: max(0, cfg.overviews - cfg.overviews * 2 // 3)]
+    folder = out / "overviews"
+    folder.mkdir(exist_ok=True)
+    written = []
+    side = 560
+    for row in chosen:
+        name = row["photo"]
+        t = truth[name]
+        heat = results[name].get("heatmap")
+        heat_path = Path(heat) if heat else None
+        views = [((w, s, e, n), "whole world", 0.75),
+                 ((t.x - 200, t.y - 200, t.x + 200, t.y + 200), "400 m around the true position", 0.45)]
+        canvas_w = 2 * side + 30
+        with Image.open(world_dir / t.file) as photo:
+            ph = photo.convert("RGB")
+        ph = ph.resize((canvas_w - 20, int(ph.height * (canvas_w - 20) / ph.width)))
+        canvas = Image.new("RGB", (canvas_w, ph.height + side + 70), (255, 255, 255))
+        canvas.paste(ph, (10, 30))
+        draw = ImageDraw.Draw(canvas)
+        rank = row["first_hit_rank"]
+        draw.text((10, 8), f"{name} ({t.kind}): top-1 error {row['top1_error_m']:.0f} m, first candidate within "
+                           f"{cfg.hit_radius_m:g} m at rank {rank if rank else '>' + str(len(results[name]['candidates']))}",
+                  fill=(0, 0, 0))
+        top = ph.height + 55
+        for i, (bounds, label, opacity) in enumerate(views):
+            img = Image.fromarray(_panel(world_dir / "orthophoto.tif", heat_path, bounds, side, opacity))
+            d = ImageDraw.Draw(img)
+            bw, bs, be, bn = bounds
+
+            def px(x, y):
+                return ((x - bw) / (be - bw) * side, (bn - y) / (bn - bs) * side)
+
+            for j, (cx, cy) in reversed(list(enumerate(by_name[name]["top5"]))):
+                u, v = px(cx, cy)
+                r = 9 if i else 6
+                d.ellipse((u - r, v - r, u + r, v + r), outline=(0, 255, 255), width=2)
+                d.text((u + r, v - r), str(j + 1), fill=(0, 255, 255))
+            u, v = px(t.x, t.y)
+            for colour, width in (((0, 0, 0), 5), ((255, 255, 255), 2)):
+                d.line((u - 10, v, u + 10, v), fill=colour, width=width)
+                d.line((u, v - 10, u, v + 10), fill=colour, width=width)
+            x0 = 10 + i * (side + 10)
+            canvas.paste(img, (x0, top))
+            draw.text((x0, top - 16), f"{label}: heatmap, true position (cross), top-5 (cyan)", fill=(0, 0, 0))
+        path = folder / f"{Path(name).stem}.png"
+        canvas.save(path)
+        written.append(str(path.relative_to(out)))
+    return written
+
+
+def export_demo_model(src: str | Path, dst: str | Path, command: str = "make demo-model") -> Path:
+    """Copy a trained checkpoint (e.g. a run's ``best.pt``) to ``dst`` with float16 weights, keeping its
+    metadata (``ground_input`` tells ``saig locate`` how photos become input) and recording how it was
+    made."""
+    from saig_core.weights.checkpoint import checkpoint_info, load_checkpoint, save_checkpoint
+
+    info = checkpoint_info(src)
+    meta = {k: v for k, v in info["metadata"].items()
+            if k not in ("weights_sha256", "weights_dtype", "created", "software_version", "torch_version",
+                         "parameters")}
+    meta["reproduce"] = command
+    meta["exported_from"] = Path(src).name
+    return save_checkpoint(load_checkpoint(src), dst, half=True, **meta)

@@ -1,0 +1,38 @@
+"""What the geospatial commands accept and write, in one place: the contract their callers rely on.
+
+``saig schema --json`` prints :func:`contract`, which is how the QGIS plugin learns which photo
+files the backend reads and which columns its outputs hold, instead of keeping copies of its own.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from saig_core.runtime.choices import DEVICES, PRECISIONS
+from tiling.photos import PHOTO_SUFFIXES
+from tiling.search import INDEX_KINDS
+
+#: ``saig locate`` output: layer ``candidates`` (points in EPSG:4326), column -> type.
+CANDIDATE_COLUMNS: dict[str, str] = {
+    "photo": "str", "rank": "int", "score": "float", "chip_id": "str", "faiss_id": "int", "lon": "float",
+    "lat": "float", "x": "float", "y": "float", "distance_m": "float", "grid_crs": "str",
+}
+#: The per-candidate fields of a ``locate --json`` result line.
+CANDIDATE_RESULT_FIELDS = ("rank", "score", "chip_id", "lon", "lat", "x", "y", "distance_m")
+#: ``saig locate`` output: layer ``photos`` (EXIF positions in EPSG:4326, or no geometry), column -> type.
+PHOTO_COLUMNS: dict[str, str] = {
+    "photo": "str", "lon": "float", "lat": "float", "heading": "float", "heading_ref": "str", "input": "str",
+    "fov_deg": "float", "top1_chip_id": "str", "top1_lon": "float", "top1_lat": "float", "top1_score": "float",
+    "top1_distance_m": "float", "heatmap": "str",
+}
+
+
+def contract() -> dict[str, Any]:
+    """The accepted inputs and written outputs, JSON-able (``saig schema --json``)."""
+    return {
+        "photo_suffixes": sorted(PHOTO_SUFFIXES),
+        "devices": list(DEVICES),
+        "precisions": list(PRECISIONS),
+        "index_kinds": list(INDEX_KINDS),
+        "layers": {"candidates": CANDIDATE_COLUMNS, "photos": PHOTO_COLUMNS},
+        "candidate_result_fields": list(CANDIDATE_RESULT_FIELDS),
+    }
