@@ -8,11 +8,12 @@ STAMP := $(VENV)/.stamp-installed
 TORCH_SPEC ?= torch==2.13.0
 QGIS_PY := /usr/bin/python3
 
-.PHONY: help venv test test-backend test-plugin qgis clean plugin-zip install-plugin demo demo-model
+.PHONY: help venv lint test test-backend test-plugin qgis clean plugin-zip install-plugin demo demo-model
 
 help:
 	@echo "make demo   - set up .venv, then generate a held-out world, index it, geolocate its photos (demo_out/)"
-	@echo "make test   - set up .venv (and QGIS for plugin tests) and run the whole suite"
+	@echo "make test   - set up .venv (and QGIS for plugin tests), run ruff and mypy, then the whole suite"
+	@echo "make lint   - ruff and mypy only"
 	@echo "make demo-model - retrain models/demo.pt from synthetic worlds (about 20 min on 2 CPU cores)"
 
 $(PY):
@@ -36,7 +37,12 @@ qgis:
 		echo "QGIS is missing: run 'sudo apt-get install -y qgis python3-qgis python3-pytest xvfb' for the plugin tests."; \
 	fi
 
-test: test-backend test-plugin
+# Gates first (lint, import order, docstrings on the public API; types of saig_core and tiling), then the suites.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint test-backend test-plugin
 
 test-backend: $(STAMP)
 	$(PY) -m pytest tests --ignore=tests/plugin -q

@@ -20,6 +20,7 @@ taken under a load above the core count are not trustworthy. Weights are randoml
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             for batch in batches:
                 x = torch.rand(batch, 3, *size) * 2 - 1
                 n_runs = runs if batch < 32 else max(2, runs // 2)  # batch 32 calls take seconds each
-                times = interleaved_best_times({"mm": mm, "model": lambda: fp32.encode(branch, x)}, n_runs)
+                model_call = functools.partial(fp32.encode, branch, x)
+                times = interleaved_best_times({"mm": mm, "model": model_call}, n_runs)
                 gflops = 2 * macs * batch / times["model"] / 1e9
                 rows.append({
                     "preset": preset, "branch": branch, "size": list(size), "batch": batch, "precision": "fp32",

@@ -1,12 +1,12 @@
 """Index-build throughput against the encoder alone, printed as ONE JSON object on stdout.
 
-In one run, on the same machine state: (1) encoder-only images/s: the aerial branch on as many
-already-prepared chip-sized tensors as the build has chips, through the same :class:`saig_core.runtime.encode.Encoder` the builder
-uses; (2) end-to-end ``build_index`` chips/s on a generated orthophoto with the same number of
-chips: planning, windowed reads and resampling (in the prefetch thread), encoding, shard commits,
-FAISS index, manifest and metadata (the fixed part of that, a 4-chip build, is reported too). The two
-are timed in alternation (best of ``--repeats``) so
-other processes sharing the cores slow both alike. Goal: end-to-end >= 0.9 x encoder-only.
+In one run, on the same machine state: (1) encoder-only images/s: the aerial branch on as many already-
+prepared chip-sized tensors as the build has chips, through the same
+:class:`saig_core.runtime.encode.Encoder` the builder uses; (2) end-to-end ``build_index`` chips/s on a
+generated orthophoto with the same number of chips: planning, windowed reads and resampling (in the
+prefetch thread), encoding, shard commits, FAISS index, manifest and metadata (the fixed part of that, a
+4-chip build, is reported too). The two are timed in alternation (best of ``--repeats``) so other
+processes sharing the cores slow both alike. Goal: end-to-end >= 0.9 x encoder-only.
 
     python benchmarks/index.py                              # saig_tiny, 128x128 chips, ~4,000 chips
     python benchmarks/index.py --preset saig_s --aerial 256 --chips 256
@@ -102,7 +102,8 @@ def main() -> None:
             "chips": count, "raster": f"{side}x{side} RGB uint8, {res} m/px, {chip_m:g} m chips",
             "encoder_only_images_per_s": round(enc, 1), "end_to_end_chips_per_s": round(e2e, 1),
             "ratio": round(e2e / enc, 3), "goal_ratio": 0.9, "fixed_cost_s_4_chip_build": round(fixed_s, 2),
-            "ratio_without_fixed_cost": round(count / (count / e2e - fixed_s) / enc, 3), "torch_threads": torch.get_num_threads(),
+            "ratio_without_fixed_cost": round(count / (count / e2e - fixed_s) / enc, 3),
+            "torch_threads": torch.get_num_threads(),
             "load_average": os.getloadavg(), "cpus": os.cpu_count(),
         }))
 

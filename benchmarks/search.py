@@ -7,7 +7,8 @@ values, plus a 4-bit fast-scan PQ for reference. Left out: OPQ (its training too
 vectors on 2 cores for recall below pcasq's) and HNSW (its level-0 graph alone stores 2 x 32 links of
 4 bytes, 256 bytes per chip, twice the budget). Reported per index: p50/p90 latency of one top-20 query (single query,
 all threads), recall@10 against exact search (10-recall@10, the strict overlap of the two top-10
-lists; 1-recall@10, the exact nearest neighbour within the top 10, is printed too), and bytes per chip (serialized index size / count).
+lists; 1-recall@10, the exact nearest neighbour within the top 10, is printed too), and bytes per chip
+(serialized index size / count).
 
 Data: real descriptors of a trained model are not available at 1M scale, so vectors are synthetic
 but structured like descriptors: ``normalize(z @ A + 0.25 * e)``, z ~ N(0, I_32) in a 32-d latent
@@ -69,12 +70,12 @@ def latencies(fn, queries: np.ndarray) -> tuple[float, float]:
 
 def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
     """10-recall@10: the share of the exact top 10 found in the index's top 10 (the strict figure)."""
-    return float(np.mean([len(set(f[:10]) & set(t[:10])) / 10 for f, t in zip(found, truth)]))
+    return float(np.mean([len(set(f[:10]) & set(t[:10])) / 10 for f, t in zip(found, truth, strict=True)]))
 
 
 def nn_recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
     """1-recall@10 (FAISS's usual R@10): the share of queries whose exact nearest neighbour is in the top 10."""
-    return float(np.mean([t[0] in f[:10] for f, t in zip(found, truth)]))
+    return float(np.mean([t[0] in f[:10] for f, t in zip(found, truth, strict=True)]))
 
 
 def index_bytes(index) -> int:
@@ -104,7 +105,7 @@ def run_case(count: int, dim: int, variants: bool) -> dict:
     flat = faiss.IndexFlatIP(dim)
     flat.add(data)
     _, truth = flat.search(queries, K)
-    p50, p90 = latencies(lambda q: flat.search(q, K), queries[:50])
+    p50, p90 = latencies(lambda q, index=flat: index.search(q, K), queries[:50])
     out["indexes"].append({"name": "Flat (exact)", "p50_ms": round(p50, 2), "p90_ms": round(p90, 2),
                            "recall@10": 1.0, "bytes_per_chip": round(index_bytes(flat) / count, 1)})
     del flat

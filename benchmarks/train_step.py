@@ -2,7 +2,8 @@
 
 Goal: an ASAM step costs at most 2.1x a plain step (it does two forward/backward passes).
 The ratio compares the fastest of ``--steps`` timed steps of each mode (robust to other load on a
-shared machine); medians are reported too. Each mode runs in its own child process so peak memory (CPU: max RSS; CUDA: max allocated) is its own.
+shared machine); medians are reported too. Each mode runs in its own child process so peak memory
+(CPU: max RSS; CUDA: max allocated) is its own.
 
     python benchmarks/train_step.py                       # SAIG-S, batch 8, CPU (or CUDA when present)
     python benchmarks/train_step.py --preset saig_micro --ground-size 32x128 --aerial-size 64x64 --steps 5

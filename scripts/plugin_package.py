@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     z.add_argument("out", type=Path)
     i = sub.add_parser("install", help="install the ZIP into a QGIS profile and enable it")
     i.add_argument("zip", type=Path)
-    i.add_argument("--profile", type=Path, required=True, help="QGIS profile folder, e.g. ~/.local/share/QGIS/QGIS3/profiles/default")
+    i.add_argument("--profile", type=Path, required=True,
+                   help="QGIS profile folder, e.g. ~/.local/share/QGIS/QGIS3/profiles/default")
     i.add_argument("--checkout", type=Path, default=None, help="repository whose .venv is the backend")
     args = parser.parse_args(argv)
     if args.command == "zip":

@@ -99,7 +99,8 @@ def reference_descriptor(state: dict[str, torch.Tensor], prefix: str, image: tor
         x = F.conv2d(x, w[f"{stem}.{conv}.weight"], w[f"{stem}.{conv}.bias"], stride=stride, padding=1)
         mean, var = w[f"{stem}.{bn}.running_mean"], w[f"{stem}.{bn}.running_var"]
         scale, shift = w[f"{stem}.{bn}.weight"], w[f"{stem}.{bn}.bias"]
-        x = (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + BN_EPS) * scale[:, None, None] + shift[:, None, None]
+        x = (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + BN_EPS)
+        x = x * scale[:, None, None] + shift[:, None, None]
         x = torch.clamp(x, min=0.0)
     x = F.conv2d(x, w[f"{stem}.18.weight"], w[f"{stem}.18.bias"])
     b, c, h, wd = x.shape

@@ -64,7 +64,7 @@ def test_project_format_round_trips_config_weights_and_metadata(tmp_path, pool):
     assert not loaded.training and loaded.cfg == model.cfg
     assert model_fingerprint(loaded) == meta["weights_sha256"]
     g, a = _images()
-    for ours, theirs in zip(_encode(model, g, a), _encode(loaded, g, a)):
+    for ours, theirs in zip(_encode(model, g, a), _encode(loaded, g, a), strict=True):
         torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
 
 
@@ -77,7 +77,7 @@ def test_half_precision_file_keeps_the_fingerprint_of_the_loaded_model(tmp_path)
     assert loaded.ground.backbone.pos_embed.dtype == torch.float32
     assert model_fingerprint(loaded) == raw["metadata"]["weights_sha256"] == checkpoint_info(path)["fingerprint"]
     g, a = _images()
-    for ours, theirs in zip(_encode(model, g, a), _encode(loaded, g, a)):
+    for ours, theirs in zip(_encode(model, g, a), _encode(loaded, g, a), strict=True):
         assert F.cosine_similarity(ours, theirs).min() > 0.999
 
 
@@ -174,7 +174,8 @@ def test_an_unknown_ground_grid_is_not_guessed(tmp_path):
 def test_authors_smd_checkpoint_refuses_another_grid(tmp_path):
     path = tmp_path / "smd.pth"
     _authors_file(path, smd=True, tokens=256)
-    with pytest.raises(CheckpointError, match=r"ground SMD head was trained for 256 tokens and cannot run at a 4x16 token grid"):
+    message = r"ground SMD head was trained for 256 tokens and cannot run at a 4x16 token grid"
+    with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path, ground_size=(64, 256))
 
 
@@ -237,7 +238,8 @@ def test_a_truncated_file_is_refused(tmp_path):
     good = save_checkpoint(_micro(), tmp_path / "m.pt").read_bytes()
     path = tmp_path / "truncated.pt"
     path.write_bytes(good[: len(good) // 2])
-    with pytest.raises(CheckpointError, match=r"truncated\.pt: not a readable PyTorch checkpoint \(truncated or corrupt"):
+    message = r"truncated\.pt: not a readable PyTorch checkpoint \(truncated or corrupt"
+    with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
 
 

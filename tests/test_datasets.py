@@ -146,7 +146,8 @@ def test_vigor_same_area_and_cross_area_with_semi_positives(tmp_path):
     q, _ = QueryDataset(cross, T)[0]
     assert q.shape == (3, 32, 128)
     val = same.subset([1], "one")
-    assert val.aerial == [same.aerial[j] for j in (1, 2, 3, 4)] and val.positive == [0] and val.semi_positives == [[1, 2, 3]]
+    assert val.aerial == [same.aerial[j] for j in (1, 2, 3, 4)]
+    assert val.positive == [0] and val.semi_positives == [[1, 2, 3]]
 
 
 def test_vigor_file_names_carry_positions_and_bad_lines_are_named(tmp_path):

@@ -40,7 +40,7 @@ def test_fp32_encoder_matches_the_model_and_leaves_it_untouched(model):
     out = list(encode_batches(model, "aerial", batches, device="cpu", precision="fp32"))
     with torch.no_grad():
         expected = [model.encode_aerial(b) for b in batches]
-    for o, e in zip(out, expected):
+    for o, e in zip(out, expected, strict=True):
         assert o.dtype == torch.float32 and o.device.type == "cpu"
         torch.testing.assert_close(o, e, atol=2e-6, rtol=0)
     out[0][0] = 0.0  # ordinary tensors: callers may edit them in place
@@ -119,7 +119,8 @@ def test_cuda_encoding_matches_cpu_fp32(model, precision):
     enc = Encoder(model, device="cuda", precision=precision)
     out = enc.encode("aerial", batch)
     assert out.device.type == "cpu" and out.dtype == torch.float32
-    assert enc.precision == (("bf16" if torch.cuda.is_bf16_supported() else "fp16") if precision == "auto" else precision)
+    cuda_auto = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    assert enc.precision == (cuda_auto if precision == "auto" else precision)
     assert F.cosine_similarity(ref, out).min() > 0.995
 
 

@@ -139,7 +139,7 @@ def test_compressed_indexes_find_neighbours_and_score_like_their_search(kind):
     q = x[:50] + 0.02 * rng.normal(size=(50, 64)).astype(np.float32)
     exact = np.argsort(-(q @ x.T), axis=1)[:, :10]
     scores, got = search.search(index, q, 10)
-    recall = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, exact)])
+    recall = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, exact, strict=True)])
     assert recall > 0.85
     # heatmap scores (from stored codes) agree with the search's scores
     full = search.scores_for(index, q)

@@ -172,7 +172,7 @@ def test_heatmap_values_sit_on_chip_centres_and_its_maximum_is_the_top_candidate
     centres = np.stack([t.c + (cols + 0.5) * t.a, t.f + (rows + 0.5) * t.e], axis=1)
     # every chip has its own pixel, centred exactly on the chip's footprint centre
     np.testing.assert_allclose(centres, chips[["x", "y"]].to_numpy(), atol=1e-6)
-    assert len(set(zip(rows, cols))) == len(chips)
+    assert len(set(zip(rows, cols, strict=True))) == len(chips)
     # ... holding the chip's score, and no chip means nodata (the hole in the raster)
     from tiling.locate import LoadedIndex, load_model_for_index
     from tiling.photos import read_photo as rp
@@ -229,7 +229,7 @@ def test_heatmap_on_an_xyz_grid_is_centred_on_the_tiles(tmp_path):
     path = write_heatmap(tmp_path / "h.tif", rows, cols, scores, grid, "EPSG:3857")
     with rasterio.open(path) as src:
         heat, t = src.read(1), src.transform
-    for chip, score in zip(chips, scores):
+    for chip, score in zip(chips, scores, strict=True):
         b = mercantile.xy_bounds(mercantile.Tile(chip.col, chip.row, g.zoom))
         cx, cy = (b.left + b.right) / 2, (b.bottom + b.top) / 2
         r, c = int((cy - t.f) // t.e), int((cx - t.c) // t.a)  # the pixel holding the tile centre

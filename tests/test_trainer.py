@@ -52,7 +52,7 @@ def test_interrupted_then_resumed_run_equals_the_uninterrupted_run(tmp_path, pai
     cfg = config_from_dict(_cfg_dict(pairs_csv))
     full = train(cfg, tmp_path / "full")
     assert train(cfg, tmp_path / "cut", stop_after_epoch=1) is None
-    assert not (tmp_path / "cut" / "best.pt").read_bytes() == b""
+    assert (tmp_path / "cut" / "best.pt").read_bytes() != b""
     torch.manual_seed(12345)  # a resumed process starts from other RNG states: they must be restored
     resumed = train(cfg, tmp_path / "cut", resume=True)
     a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "cut" / "last.pt")
@@ -157,7 +157,7 @@ def test_model_init_from_a_checkpoint_and_mismatch_is_refused(tmp_path, pairs_cs
     save_checkpoint(src, tmp_path / "init.pt")
     cfg = config_from_dict(_cfg_dict(pairs_csv, model={"init": str(tmp_path / "init.pt")}))
     model = build_training_model(cfg)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), src.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), src.state_dict().values(), strict=True))
     bad = config_from_dict(_cfg_dict(pairs_csv, model={"init": str(tmp_path / "init.pt"), "pool": "gap"}))
     with pytest.raises(ConfigError, match="differs"):
         build_training_model(bad)
@@ -231,4 +231,5 @@ def test_every_loss_and_augmentation_path_trains_through_the_trainer(tmp_path, p
     report = train(cfg, tmp_path / "run")
     assert report["best_epoch"] == 1 and 0.0 <= report["best"]["R@1"] <= 1.0
     meta = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["metadata"]
-    assert meta["loss"] == loss["name"] and meta["ground_input"]["fov_deg"] == [float(f) for f in augment.get("fov_deg", [])]
+    assert meta["loss"] == loss["name"]
+    assert meta["ground_input"]["fov_deg"] == [float(f) for f in augment.get("fov_deg", [])]
