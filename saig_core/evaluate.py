@@ -8,4 +8,11 @@ from saig_core.training.evaluate import (
     top_percent_k,
 )
 
-__all__ = ["DEFAULT_BLOCK_BYTES", "closer_counts", "recall_at_k", "recall_from_counts", "retrieval_metrics", "top_percent_k"]
+__all__ = [
+    "DEFAULT_BLOCK_BYTES",
+    "closer_counts",
+    "recall_at_k",
+    "recall_from_counts",
+    "retrieval_metrics",
+    "top_percent_k",
+]

@@ -72,7 +72,9 @@ class CrossViewSplit:
             ground=[self.ground[i] for i in indices],
             aerial=[self.aerial[j] for j in used],
             positive=[remap[self.positive[i]] for i in indices],
-            semi_positives=[[remap[j] for j in self.semi_positives[i]] for i in indices] if self.semi_positives else None,
+            semi_positives=(
+                [[remap[j] for j in self.semi_positives[i]] for i in indices] if self.semi_positives else None
+            ),
             latlon=[self.latlon[i] for i in indices] if self.latlon else None,
         )
 
@@ -126,6 +128,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random stream the training augmentations draw from."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -176,7 +179,10 @@ def load_pairs_csv(path: str | os.PathLike, name: str | None = None) -> CrossVie
     if not path.is_file():
         raise DatasetError(f"{path}: pairs CSV not found")
     base = path.parent
-    ground, aerial, positive, latlon = [], [], [], []
+    ground: list[Path] = []
+    aerial: list[Path] = []
+    positive: list[int] = []
+    latlon: list[tuple[float, float]] = []
     index: dict[Path, int] = {}
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -198,7 +204,9 @@ def load_pairs_csv(path: str | os.PathLike, name: str | None = None) -> CrossVie
                 try:
                     latlon.append((float(row["lat"]), float(row["lon"])))
                 except (TypeError, ValueError):
-                    raise DatasetError(f"{path}, line {line}: lat/lon are not numbers: {row['lat']!r}, {row['lon']!r}") from None
+                    raise DatasetError(
+                        f"{path}, line {line}: lat/lon are not numbers: {row['lat']!r}, {row['lon']!r}"
+                    ) from None
     return CrossViewSplit(name or path.stem, ground, aerial, positive, latlon=latlon or None)
 
 
@@ -265,11 +273,14 @@ def load_cvact(root: str | os.PathLike, split: str = "train") -> CrossViewSplit:
         raise DatasetError(f"{mat_path}: CVACT ACT_data.mat not found")
     try:
         mat = scipy.io.loadmat(mat_path)
-    except Exception as e:  # scipy raises several types for a bad file
+    # scipy raises many unrelated types for a bad file (ValueError, OSError, MatReadError, NotImplementedError
+    # for v7.3 HDF5 files, ...); any of them means the same thing here
+    except Exception as e:  # noqa: BLE001 - any loadmat failure becomes one clear DatasetError
         raise DatasetError(f"{mat_path}: not a readable MATLAB file ({e})") from None
-    set_name, ind_name = {"train": ("trainSet", "trainInd"), "val": ("valSet", "valInd")}.get(split, (None, None))
-    if set_name is None:
+    split_fields = {"train": ("trainSet", "trainInd"), "val": ("valSet", "valInd")}
+    if split not in split_fields:
         raise ValueError(f"CVACT split must be 'train' or 'val', got {split!r}")
+    set_name, ind_name = split_fields[split]
     try:
         ids = _mat_strings(mat["panoIds"])
         ind = np.asarray(_mat_field(mat[set_name].ravel()[0], ind_name)).astype(np.int64).ravel() - 1

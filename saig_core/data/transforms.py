@@ -154,7 +154,8 @@ class PairTransform:
     """Turns one (ground, aerial) image pair into model inputs, randomly in training, fixed in evaluation."""
 
     def __init__(self, ground_size: tuple[int, int], aerial_size: tuple[int, int], augment: AugmentConfig) -> None:
-        self.ground_size, self.aerial_size, self.augment = tuple(ground_size), tuple(aerial_size), augment
+        (gh, gw), (ah, aw) = ground_size, aerial_size
+        self.ground_size, self.aerial_size, self.augment = (gh, gw), (ah, aw), augment
 
     def ground(self, image: Image.Image, rng: np.random.Generator, train: bool) -> tuple[torch.Tensor, float | None]:
         """Ground input and the shift fraction applied (None when a FoV crop replaced the panorama)."""
@@ -173,6 +174,10 @@ class PairTransform:
         return x, 0.0
 
     def aerial(self, image: Image.Image, shift: float | None) -> torch.Tensor:
+        """Aerial input, kept aligned with a ground image shifted by ``shift``.
+
+        Polar images are rolled by the same fraction; north-up ones rotated when ``shift_aerial="rotate"``.
+        """
         aug = self.augment
         if aug.polar:
             side = 2 * self.aerial_size[0]
@@ -185,6 +190,7 @@ class PairTransform:
 
     def __call__(self, ground: Image.Image, aerial: Image.Image, rng: np.random.Generator,
                  train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ground input, aerial input) of one pair, augmented with ``rng`` when ``train``."""
         g, shift = self.ground(ground, rng, train)
         a = self.aerial(aerial, shift)
         if train and self.augment.jitter > 0:

@@ -23,7 +23,7 @@ class ConvStem(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_chans
-        for channels, stride in zip(cfg.stem_channels, cfg.stem_strides):
+        for channels, stride in zip(cfg.stem_channels, cfg.stem_strides, strict=True):
             layers += [
                 nn.Conv2d(prev, channels, kernel_size=3, stride=stride, padding=1),
                 nn.BatchNorm2d(channels),
@@ -34,6 +34,7 @@ class ConvStem(nn.Module):
         self.conv_stem = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> row-major tokens (B, N, dim), one per 16x16 pixels."""
         x = self.conv_stem(x)  # (B, dim, H/16, W/16)
         return x.flatten(2).transpose(1, 2)  # (B, N, dim), row-major tokens
 
@@ -48,6 +49,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Self-attention over the tokens of ``x`` (B, N, C); returns the projected output (B, N, C)."""
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
@@ -64,6 +66,7 @@ class Block(nn.Module):
         self.attn = Attention(dim, heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + attn(norm1(x))`` on tokens (B, N, C)."""
         return x + self.attn(self.norm1(x))
 
 
@@ -73,7 +76,8 @@ class SAIGBackbone(nn.Module):
     def __init__(self, cfg: BackboneConfig, grid: tuple[int, int]) -> None:
         super().__init__()
         self.cfg = cfg
-        self.grid = tuple(grid)
+        rows, cols = grid
+        self.grid = (rows, cols)
         self.patch_embed = ConvStem(cfg)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], cfg.dim))
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.layer_norm_eps) for _ in range(cfg.depth))
@@ -82,6 +86,7 @@ class SAIGBackbone(nn.Module):
 
     @property
     def num_tokens(self) -> int:
+        """Tokens per image: rows x cols of the token grid."""
         return self.grid[0] * self.grid[1]
 
     def reset_parameters(self) -> None:
@@ -96,6 +101,7 @@ class SAIGBackbone(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) at the configured size -> normalised tokens (B, N, dim)."""
         x = self.patch_embed(x) + self.pos_embed
         for block in self.blocks:
             x = block(x)
@@ -104,12 +110,12 @@ class SAIGBackbone(nn.Module):
 
 def resize_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
     """Bicubically resample a (1, N, C) positional embedding from ``old_grid`` to ``new_grid`` (rows, cols)."""
-    old_grid, new_grid = tuple(old_grid), tuple(new_grid)
-    if pos_embed.shape[1] != old_grid[0] * old_grid[1]:
-        raise ValueError(f"pos_embed has {pos_embed.shape[1]} tokens, not a {old_grid[0]}x{old_grid[1]} grid")
-    if old_grid == new_grid:
+    old, new = tuple(old_grid), tuple(new_grid)  # a list grid must compare equal to the same tuple grid
+    if pos_embed.shape[1] != old[0] * old[1]:
+        raise ValueError(f"pos_embed has {pos_embed.shape[1]} tokens, not a {old[0]}x{old[1]} grid")
+    if old == new:
         return pos_embed
     c = pos_embed.shape[-1]
-    grid = pos_embed.reshape(1, old_grid[0], old_grid[1], c).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], c).to(pos_embed.dtype)
+    grid = pos_embed.reshape(1, old[0], old[1], c).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=new, mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], c).to(pos_embed.dtype)

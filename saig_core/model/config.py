@@ -63,17 +63,21 @@ class ModelConfig:
 
     @property
     def ground_grid(self) -> tuple[int, int]:
+        """Token grid (rows, cols) of the ground branch at ``ground_size``."""
         return token_grid(self.ground_size)
 
     @property
     def aerial_grid(self) -> tuple[int, int]:
+        """Token grid (rows, cols) of the aerial branch at ``aerial_size``."""
         return token_grid(self.aerial_size)
 
     @property
     def descriptor_dim(self) -> int:
+        """Length of one descriptor: ``dim`` for GAP, ``8 * dim`` for SMD."""
         return self.backbone.dim * (SMD_OUTPUT_TOKENS if self.pool == "smd" else 1)
 
     def to_dict(self) -> dict[str, Any]:
+        """A plain dict (tuples as lists) that can be stored in a ``weights_only`` checkpoint."""
         d = asdict(self)
         d["backbone"]["stem_channels"] = list(self.backbone.stem_channels)
         d["backbone"]["stem_strides"] = list(self.backbone.stem_strides)
@@ -83,11 +87,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Rebuild a config from :meth:`to_dict` output."""
         d = dict(d)
         d["backbone"] = BackboneConfig(**d["backbone"])
         return cls(**d)
 
     def with_sizes(self, ground_size=None, aerial_size=None) -> ModelConfig:
+        """A copy with new input sizes (H, W); ``None`` keeps the current size of that branch."""
         return replace(
             self,
             ground_size=tuple(ground_size) if ground_size is not None else self.ground_size,

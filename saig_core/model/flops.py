@@ -12,7 +12,7 @@ def stem_macs(cfg: BackboneConfig, size: tuple[int, int]) -> int:
     """3x3 convs (padding 1) of the stem plus its 1x1 projection to ``dim``."""
     h, w = size
     prev, total = 3, 0
-    for channels, stride in zip(cfg.stem_channels, cfg.stem_strides):
+    for channels, stride in zip(cfg.stem_channels, cfg.stem_strides, strict=True):
         h, w = -(-h // stride), -(-w // stride)  # ceil: padding 1 with a 3x3 kernel
         total += h * w * channels * prev * 9
         prev = channels
@@ -26,6 +26,7 @@ def block_macs(cfg: BackboneConfig, num_tokens: int) -> int:
 
 
 def head_macs(pool: str, num_tokens: int, dim: int) -> int:
+    """The pooling head: 0 for GAP; the three token-mixing Linears for SMD."""
     if pool == "gap":
         return 0
     n = num_tokens

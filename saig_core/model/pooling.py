@@ -12,6 +12,7 @@ class GlobalAveragePool(nn.Module):
     """GAP: the mean over tokens, (B, N, C) -> (B, C)."""
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, N, C) -> their mean (B, C)."""
         return tokens.mean(dim=1)
 
 
@@ -33,6 +34,7 @@ class SpatialMixingHead(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, N, C) -> descriptor (B, 8C), output-token major."""
         x = tokens.transpose(1, 2)  # (B, C, N)
         x = self.linear2(F.gelu(self.linear1(x)))
         x = self.linear3(x)  # (B, C, 8)
@@ -40,6 +42,7 @@ class SpatialMixingHead(nn.Module):
 
 
 def build_pool(pool: str, num_tokens: int) -> nn.Module:
+    """The pooling head named ``pool`` (``gap`` or ``smd``) for a branch of ``num_tokens`` tokens."""
     if pool == "gap":
         return GlobalAveragePool()
     if pool == "smd":

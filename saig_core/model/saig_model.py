@@ -21,11 +21,13 @@ class Branch(nn.Module):
     def __init__(self, cfg: ModelConfig, size: tuple[int, int], grid: tuple[int, int], name: str) -> None:
         super().__init__()
         self.name = name
-        self.size = tuple(size)
+        h, w = size
+        self.size = (h, w)
         self.backbone = SAIGBackbone(cfg.backbone, grid)
         self.head = build_pool(cfg.pool, grid[0] * grid[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> unnormalised descriptors (B, D); inputs are not checked here."""
         return self.head(self.backbone(x))
 
 
@@ -46,15 +48,19 @@ class SAIGModel(nn.Module):
 
     @property
     def descriptor_dim(self) -> int:
+        """Length D of one descriptor."""
         return self.cfg.descriptor_dim
 
     def encode_ground(self, x: torch.Tensor) -> torch.Tensor:
+        """Check and encode ground images (B, 3, H, W) into L2-normalised float32 descriptors (B, D)."""
         return self._encode(self.ground, x)
 
     def encode_aerial(self, x: torch.Tensor) -> torch.Tensor:
+        """Check and encode aerial images (B, 3, H, W) into L2-normalised float32 descriptors (B, D)."""
         return self._encode(self.aerial, x)
 
     def forward(self, ground: torch.Tensor, aerial: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode a batch of ground and a batch of aerial images: (ground descriptors, aerial descriptors)."""
         return self.encode_ground(ground), self.encode_aerial(aerial)
 
     def _encode(self, branch: Branch, x: torch.Tensor) -> torch.Tensor:
@@ -97,4 +103,5 @@ def build_model(
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Total number of parameter elements in ``model``."""
     return sum(p.numel() for p in model.parameters())

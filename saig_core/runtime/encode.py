@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -23,9 +24,11 @@ from saig_core.runtime.device import autocast, resolve_device, resolve_precision
 
 BRANCHES = ("ground", "aerial")
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
 
 @torch.no_grad()
-def fold_batchnorm(model: nn.Module) -> nn.Module:
+def fold_batchnorm(model: ModuleT) -> ModuleT:
     """Fold every eval-mode BatchNorm2d that directly follows a Conv2d in a Sequential into that conv.
 
     Works in place and returns ``model``. The folded network computes the same function as the
@@ -65,7 +68,8 @@ def optimize_for_inference(model: SAIGModel, device: str | torch.device = "cpu")
     fast = fold_batchnorm(copy.deepcopy(model).eval())
     fast.to(device)
     if device.type == "cpu":
-        fast.to(memory_format=torch.channels_last)
+        # torch documents Module.to(memory_format=...) but its typing overloads leave the keyword out
+        fast.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     for p in fast.parameters():
         p.requires_grad_(False)
     return fast
@@ -92,6 +96,7 @@ class Encoder:
 
     @property
     def descriptor_dim(self) -> int:
+        """Length D of the descriptors this encoder returns."""
         return self.cfg.descriptor_dim
 
     def input_size(self, branch: str) -> tuple[int, int]:

@@ -22,6 +22,11 @@ from saig_core.runtime.choices import PROGRESS_MODES
 
 
 class Reporter:
+    """Where a command's progress, logs, errors and results go: ``json``, ``bar``, ``none`` or ``auto``.
+
+    ``auto`` picks ``bar`` when stderr is a terminal, else ``none``.
+    """
+
     def __init__(self, mode: str = "none", out: TextIO | None = None, err: TextIO | None = None) -> None:
         if mode not in PROGRESS_MODES:
             raise ValueError(f"progress mode must be one of {PROGRESS_MODES}")
@@ -33,6 +38,7 @@ class Reporter:
 
     @property
     def json(self) -> bool:
+        """Whether events are written as JSON lines (``mode="json"``)."""
         return self.mode == "json"
 
     def emit(self, event: str, **fields: Any) -> None:
@@ -41,17 +47,20 @@ class Reporter:
         self.out.flush()
 
     def log(self, message: str, level: str = "info") -> None:
+        """A log event in JSON mode, otherwise the bare message on stderr."""
         if self.json:
             self.emit("log", level=level, message=message)
         else:
             print(message, file=self.err, flush=True)
 
     def error(self, message: str, **fields: Any) -> None:
+        """An error event in JSON mode (with ``fields``, e.g. ``file``), and always ``error: ...`` on stderr."""
         if self.json:
             self.emit("error", message=message, **fields)
         print(f"error: {message}", file=self.err, flush=True)
 
     def task(self, stage: str, total: int | None = None) -> Task:
+        """A :class:`Task` reporting progress of ``stage`` through this reporter."""
         return Task(self, stage, total)
 
 
@@ -71,6 +80,7 @@ class Task:
             self._bar = tqdm(total=total, desc=stage, file=reporter.err, unit="it", dynamic_ncols=True)
 
     def update(self, n: int = 1) -> None:
+        """Count ``n`` more items done; JSON progress lines are rate-limited to one per 0.25 s."""
         self.done += n
         if self._bar is not None:
             self._bar.update(n)
@@ -81,6 +91,7 @@ class Task:
                 self._emit()
 
     def set_total(self, total: int) -> None:
+        """Set the total once it is known (e.g. after counting the inputs)."""
         self.total = total
         if self._bar is not None:
             self._bar.total = total
@@ -91,6 +102,7 @@ class Task:
         self.reporter.emit("progress", stage=self.stage, done=self.done, total=self.total, fraction=fraction)
 
     def close(self) -> None:
+        """Finish the stage: close the bar, or emit a final progress line in JSON mode."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None

@@ -31,6 +31,8 @@ class ConfigError(SaigError, ValueError):
 
 @dataclass(frozen=True)
 class ModelSection:
+    """``model``: the architecture (a preset or a custom backbone), pooling, input sizes, initial weights."""
+
     preset: str | None = "saig_s"  # a named preset, or null with `backbone` for a custom one
     backbone: dict | None = None  # BackboneConfig fields (depth, dim, heads, stem_channels, stem_strides)
     pool: str = "gap"
@@ -39,15 +41,20 @@ class ModelSection:
     init: str | None = None  # any checkpoint load_checkpoint accepts: project, authors', ImageNet backbone
 
     def model_config(self) -> ModelConfig:
+        """The :class:`ModelConfig` this section describes (``backbone`` wins over ``preset``)."""
         if self.backbone is not None:
             return ModelConfig(backbone=BackboneConfig(**self.backbone), pool=self.pool,
                                ground_size=self.ground_size, aerial_size=self.aerial_size,
                                preset=self.preset or "custom")
+        if self.preset is None:
+            raise ValueError("model.preset is null and no model.backbone is given")
         return preset_config(self.preset, pool=self.pool, ground_size=self.ground_size, aerial_size=self.aerial_size)
 
 
 @dataclass(frozen=True)
 class LossSection:
+    """``loss``: which loss (one of ``LOSSES``) and its parameters."""
+
     name: str = "soft_margin_triplet"
     alpha: float = 10.0  # triplet losses
     k: int | None = None  # hard_negative_triplet: hardest negatives per anchor (default floor(sqrt(B)))
@@ -56,6 +63,7 @@ class LossSection:
     authors_unmasked: bool = False  # soft_margin_triplet: reproduce the authors' unmasked diagonal
 
     def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the chosen loss, for ``build_loss(name, **kwargs)``."""
         if self.name == "soft_margin_triplet":
             return {"alpha": self.alpha, "authors_unmasked": self.authors_unmasked}
         if self.name == "hard_negative_triplet":
@@ -65,6 +73,8 @@ class LossSection:
 
 @dataclass(frozen=True)
 class OptimSection:
+    """``optim``: AdamW, optionally wrapped in (A)SAM, with gradient clipping and a warm-up + cosine schedule."""
+
     lr: float = 1e-4
     weight_decay: float = 0.03
     betas: tuple[float, float] = (0.9, 0.999)
@@ -79,6 +89,8 @@ class OptimSection:
 
 @dataclass(frozen=True)
 class TrainSection:
+    """``train``: epochs, batch size, seed, device and precision, loader workers, validation cadence."""
+
     epochs: int = 200
     batch_size: int = 32  # global batch (all ranks together), drop_last
     seed: int = 0
@@ -92,6 +104,8 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class DataSection:
+    """``data``: the dataset kind and where its files are, and how validation pairs are chosen."""
+
     kind: str = "pairs_csv"
     root: str | None = None  # dataset root (cvusa, cvact, vigor)
     train: str | None = None  # pairs_csv: train CSV; cvusa: train splits CSV (relative to root)
@@ -104,6 +118,8 @@ class DataSection:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """A whole training config: one dataclass per YAML section plus the file it came from (``source``)."""
+
     model: ModelSection = field(default_factory=ModelSection)
     loss: LossSection = field(default_factory=LossSection)
     optim: OptimSection = field(default_factory=OptimSection)
@@ -113,6 +129,7 @@ class TrainConfig:
     source: str = "<dict>"
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain YAML/JSON-able values (tuples as lists), without ``source``."""
         d = dataclasses.asdict(self)
         d.pop("source")
         return _plain(d)
@@ -147,6 +164,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Train
 
 
 def config_from_dict(raw: dict[str, Any], base_dir: str | os.PathLike = ".", source: str = "<dict>") -> TrainConfig:
+    """Validate a config given as a dict of sections; relative paths are resolved against ``base_dir``."""
     unknown = set(raw) - set(_SECTIONS)
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(_SECTIONS)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -21,18 +22,22 @@ from saig_core.runtime.device import resolve_device
 
 @dataclass
 class DistContext:
+    """This process's place in the run: rank, world size, local rank, device, and the CPU sync-BN group."""
+
     rank: int
     world: int
     local_rank: int
     device: torch.device
-    bn_group: object = None
+    bn_group: dist.ProcessGroup | None = None  # gloo group for CpuSyncBatchNorm2d (None on CUDA / one process)
 
     @property
     def main(self) -> bool:
+        """Whether this is rank 0, the process that logs, validates and writes checkpoints."""
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """Whether the run has more than one process."""
         return self.world > 1
 
 
@@ -53,6 +58,7 @@ def init_distributed(device_name: str = "auto") -> DistContext:
 
 
 def shutdown(ctx: DistContext) -> None:
+    """Leave the process group, if one was joined."""
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -93,6 +99,7 @@ def broadcast_object(obj, ctx: DistContext):
 
 
 def barrier(ctx: DistContext) -> None:
+    """Wait until every rank gets here (no-op on one process)."""
     if ctx.enabled:
         dist.barrier()
 
@@ -117,9 +124,10 @@ class _AllReduceSum(torch.autograd.Function):
 class CpuSyncBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics cover the whole global batch (any backend, gradients included)."""
 
-    group = None
+    group: dist.ProcessGroup | None = None  # None: the default (WORLD) group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise with global-batch statistics in distributed training, else like ``BatchNorm2d``."""
         if not (self.training and dist.is_initialized()):
             return super().forward(x)
         c = x.shape[1]
@@ -131,11 +139,14 @@ class CpuSyncBatchNorm2d(nn.BatchNorm2d):
         mean = stats[:c] / n
         var = (stats[c:2 * c] / n - mean * mean).clamp(min=0.0)
         if self.track_running_stats:
+            running_mean, running_var, tracked = self.running_mean, self.running_var, self.num_batches_tracked
+            # track_running_stats=True makes BatchNorm register all three buffers
+            assert running_mean is not None and running_var is not None and tracked is not None
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
-                self.running_mean.mul_(1 - m).add_(m * mean.detach())
-                self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
-                self.num_batches_tracked.add_(1)
+                running_mean.mul_(1 - m).add_(m * mean.detach())
+                running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
+                tracked.add_(1)
         y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
@@ -151,5 +162,5 @@ def sync_batchnorm(model: nn.Module, ctx: DistContext) -> nn.Module:
     for module in model.modules():
         if type(module) is nn.BatchNorm2d:
             module.__class__ = CpuSyncBatchNorm2d  # same parameters and buffers, synchronised forward
-            module.group = ctx.bn_group
+            cast(CpuSyncBatchNorm2d, module).group = ctx.bn_group
     return model

@@ -15,7 +15,14 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["DEFAULT_BLOCK_BYTES", "closer_counts", "recall_at_k", "recall_from_counts", "retrieval_metrics", "top_percent_k"]
+__all__ = [
+    "DEFAULT_BLOCK_BYTES",
+    "closer_counts",
+    "recall_at_k",
+    "recall_from_counts",
+    "retrieval_metrics",
+    "top_percent_k",
+]
 
 DEFAULT_BLOCK_BYTES = 1 << 26  # 64 MiB of float32 similarities per block
 
@@ -39,7 +46,9 @@ def closer_counts(
     strictly closer than the best of the positive and the semi-positives (0 means a VIGOR hit).
     """
     if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
-        raise ValueError(f"expected (Q, D) queries and (N, D) gallery, got {tuple(queries.shape)} and {tuple(gallery.shape)}")
+        raise ValueError(
+            f"expected (Q, D) queries and (N, D) gallery, got {tuple(queries.shape)} and {tuple(gallery.shape)}"
+        )
     q, n = queries.shape[0], gallery.shape[0]
     device = gallery.device
     if positive is None:
@@ -61,7 +70,7 @@ def closer_counts(
         rows = torch.arange(stop - start, device=device)
         pos_sim = sim[rows, positive[start:stop]]  # taken from the same product: exact ties stay ties
         counts[start:stop] = (sim > pos_sim[:, None]).sum(dim=1)
-        if hits is not None:
+        if hits is not None and semi_positives is not None:  # both set together, above
             semi = semi_positives[start:stop]
             semi_sim = sim.gather(1, semi.clamp(min=0)).masked_fill(semi < 0, float("-inf"))
             best = torch.maximum(pos_sim, semi_sim.max(dim=1).values)

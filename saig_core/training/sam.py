@@ -12,12 +12,13 @@ the gradients, so it may be taken from gradients still multiplied by an AMP loss
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn, overload
 
 import torch
 from torch.optim import Optimizer
 
 __all__ = ["SAM"]
+
 
 class SAM(Optimizer):
     """(A)SAM around ``base_optimizer_cls(params, **base_kwargs)``; param groups are shared with it."""
@@ -83,7 +84,17 @@ class SAM(Optimizer):
         if zero_grad:
             self.zero_grad()
 
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
+    # Overloads compatible with Optimizer.step's; SAM cannot step without a closure (NoReturn: it raises).
+    @overload
+    def step(self, closure: None = None) -> NoReturn: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
+    @overload
+    def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor: ...
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Full SAM step; ``closure`` does forward + backward (gradients zeroed beforehand) and returns the loss."""
         if closure is None:
             raise ValueError("SAM.step needs a closure that recomputes the loss and its gradients")
@@ -99,5 +110,6 @@ class SAM(Optimizer):
         return self.base_optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load :meth:`state_dict` output into the base optimizer and share its groups again."""
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups

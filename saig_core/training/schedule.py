@@ -25,6 +25,7 @@ class CosineSchedule:
         self._apply()
 
     def factor(self, step: int) -> float:
+        """The learning-rate multiplier after ``step`` optimizer steps."""
         if step < self.warmup_steps:
             f = (step + 1) / self.warmup_steps
         else:
@@ -34,6 +35,7 @@ class CosineSchedule:
         return max(f, self.min_factor)
 
     def step(self) -> None:
+        """Advance one optimizer step and set the groups' learning rates for the next one."""
         self.step_count += 1
         self._apply()
 
@@ -44,12 +46,15 @@ class CosineSchedule:
 
     @property
     def lr(self) -> float:
+        """The current learning rate of the first parameter group."""
         return self.optimizer.param_groups[0]["lr"]
 
     def state_dict(self) -> dict:
+        """The step count and schedule shape, for resuming."""
         return {"step_count": self.step_count, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
                 "min_factor": self.min_factor}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume at the saved step count (the shape comes from the constructor) and set the learning rates."""
         self.step_count = int(state["step_count"])
         self._apply()

@@ -60,6 +60,8 @@ class RunError(SaigError):
 
 @dataclass
 class Splits:
+    """The data of one run: train, validation (for model selection) and optional test split."""
+
     train: CrossViewSplit
     val: CrossViewSplit
     test: CrossViewSplit | None
@@ -70,22 +72,32 @@ def load_splits(cfg: TrainConfig) -> Splits:
     d = cfg.data
     val = None
     if d.kind == "pairs_csv":
-        train = load_pairs_csv(d.train, "train")
+        train = load_pairs_csv(_required(d.train, "data.train", cfg), "train")
         val = load_pairs_csv(d.val, "val") if d.val else None
         test = load_pairs_csv(d.test, "test") if d.test else None
     elif d.kind == "cvusa":
-        train = load_cvusa(d.root, d.train)
-        val = load_cvusa(d.root, d.val) if d.val else None
-        test = load_cvusa(d.root, d.test) if d.test else None
+        root = _required(d.root, "data.root", cfg)
+        train = load_cvusa(root, _required(d.train, "data.train", cfg))
+        val = load_cvusa(root, d.val) if d.val else None
+        test = load_cvusa(root, d.test) if d.test else None
     elif d.kind == "cvact":
-        train, test = load_cvact(d.root, "train"), load_cvact(d.root, "val")
+        root = _required(d.root, "data.root", cfg)
+        train, test = load_cvact(root, "train"), load_cvact(root, "val")
     else:
+        root = _required(d.root, "data.root", cfg)
         cities = list(d.cities) if d.cities else None
-        train = load_vigor(d.root, d.vigor_mode, "train", cities)
-        test = load_vigor(d.root, d.vigor_mode, "test", cities)
+        train = load_vigor(root, d.vigor_mode, "train", cities)
+        test = load_vigor(root, d.vigor_mode, "test", cities)
     if val is None:
         train, val = train.split_off(d.val_fraction, cfg.train.seed)
     return Splits(train, val, test)
+
+
+def _required(value: str | None, key: str, cfg: TrainConfig) -> str:
+    """``value`` of a data key the config validation requires for this data kind (``None``: not validated)."""
+    if value is None:
+        raise ConfigError(f"{cfg.source}: {key} is required for data.kind {cfg.data.kind}")
+    return value
 
 
 def build_training_model(cfg: TrainConfig) -> SAIGModel:
@@ -105,13 +117,14 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     """AdamW (optionally without weight decay on norms, biases and positions), wrapped in (A)SAM if asked."""
     o = cfg.optim
     if o.no_decay_norms_biases:
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for name, p in model.named_parameters():
             (no_decay if p.ndim <= 1 or name.endswith("pos_embed") else decay).append(p)
         groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     else:
         groups = [{"params": list(model.parameters()), "weight_decay": o.weight_decay}]
-    kwargs = dict(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    kwargs: dict[str, Any] = dict(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)  # for AdamW
     if o.asam:
         return SAM(groups, torch.optim.AdamW, rho=o.rho, adaptive=o.adaptive, **kwargs)
     return torch.optim.AdamW(groups, **kwargs)
@@ -130,6 +143,8 @@ def _better(a: dict[str, float], b: dict[str, float] | None) -> bool:
 
 @dataclass
 class RunState:
+    """Progress of a run that ``--resume`` restores: epochs and steps done, best validation so far, history."""
+
     epoch: int = 0  # epochs completed
     step: int = 0
     best: dict[str, float] | None = None
@@ -153,6 +168,7 @@ class TrainStep:
         self.ctx = ctx or D.DistContext(0, 1, 0, device)
 
     def loss(self, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The loss of the global batch (every rank's descriptors gathered) for this rank's images."""
         with autocast(self.device, self.precision):
             zg, za = self.net(g, a)
         zg, za = D.gather_with_grad(zg.float(), self.ctx), D.gather_with_grad(za.float(), self.ctx)
@@ -206,7 +222,7 @@ class Trainer:
         self.transform = PairTransform(self.model.cfg.ground_size, self.model.cfg.aerial_size, cfg.augment)
         self.precision = _precision(t.precision, self.device)
         D.sync_batchnorm(self.model, self.ctx)
-        self.net = self.model
+        self.net: torch.nn.Module = self.model  # DDP-wrapped under torchrun
         if self.ctx.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
@@ -236,7 +252,7 @@ class Trainer:
         path = self.out / STATE_FILE
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a truncated or foreign file
+        except Exception as e:  # noqa: BLE001 - torch.load raises many types for a truncated or foreign file
             raise RunError(f"{path}: unreadable training state ({e})") from None
         saved, now = raw["config"], self.cfg.to_dict()
         changed = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
@@ -267,6 +283,7 @@ class Trainer:
     # steps
 
     def train_step(self, g: torch.Tensor, a: torch.Tensor) -> float:
+        """One optimizer step on a batch, then one schedule step; returns the global-batch loss."""
         loss = self.step(g, a)
         self.schedule.step()
         return loss
@@ -379,6 +396,7 @@ class Trainer:
         os.replace(tmp, self.out / "metrics.csv")
 
     def close(self) -> None:
+        """Leave the process group (under ``torchrun``)."""
         D.shutdown(self.ctx)
 
 
@@ -422,6 +440,7 @@ def _seed_everything(seed: int) -> None:
 
 def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # the legacy global generator is MT19937: its state is a tuple
     return {
         "python": list(random.getstate()[1]) + [random.getstate()[0]],
         "python_gauss": random.getstate()[2],

@@ -70,6 +70,7 @@ def weights_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
+    """:func:`weights_fingerprint` of ``model``'s state dict."""
     return weights_fingerprint(model.state_dict())
 
 
@@ -177,7 +178,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             "read with torch.load(weights_only=True). If you trust the file, re-save just its tensors, "
             "e.g. torch.save({'model': model.state_dict()}, 'plain.pth')"
         ) from None
-    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, ... for damaged files
+    # torch raises RuntimeError, EOFError, KeyError, ValueError, ... for damaged files; all mean the same here
+    except Exception as e:  # noqa: BLE001 - any other torch.load failure becomes one clear CheckpointError
         reason = str(e).split(". ")[0] or type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {reason}") from None
     if not isinstance(raw, dict):
