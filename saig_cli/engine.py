@@ -12,6 +12,7 @@ from saig_core.runtime.progress import Reporter
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the engine commands to the ``saig`` subparsers."""
     p = sub.add_parser("info", help="print a checkpoint's config, parameter count and fingerprint")
     p.add_argument("checkpoint", help="project, authors' or ImageNet checkpoint file")
     add_size_args(p)
@@ -43,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_info(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``saig info``: a checkpoint's model config, parameter count, fingerprint and metadata."""
     from saig_core.weights.checkpoint import checkpoint_info
 
     info = checkpoint_info(args.checkpoint, ground_size=args.ground_size, aerial_size=args.aerial_size)
@@ -66,6 +68,7 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 def cmd_convert_official(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``saig convert-official``: rewrite an authors' checkpoint in the project format."""
     from saig_core.weights.checkpoint import checkpoint_info, convert_official
 
     out = convert_official(args.src, args.dst, ground_size=args.ground_size, aerial_size=args.aerial_size,
@@ -79,6 +82,7 @@ def cmd_convert_official(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 def cmd_export_onnx(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``saig export-onnx``: both branches as ONNX graphs, checked against PyTorch unless ``--no-verify``."""
     from pathlib import Path
 
     from saig_core.weights.checkpoint import load_checkpoint
@@ -99,6 +103,7 @@ def cmd_export_onnx(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 def cmd_backend_info(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``saig backend-info``: engine version, torch, device and precision (and a checkpoint's model)."""
     from saig_core.runtime.backend import backend_info
 
     info = backend_info(args.device, args.checkpoint, ground_size=args.ground_size, aerial_size=args.aerial_size)

@@ -14,6 +14,7 @@ from tiling.search import INDEX_KINDS, describe_index_kinds
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``tile``, ``index build``/``info``, ``schema`` and ``locate`` to the ``saig`` subparsers."""
     p = sub.add_parser("tile", help="cut orthophotos into georeferenced chips; write the manifest (GeoPackage)")
     p.add_argument("rasters", nargs="+", metavar="ORTHO", help="GeoTIFF orthophotos (overlaps: the first given wins)")
     _chip_args(p)
@@ -58,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prior-radius-m", type=float, default=None,
                    help="only search chips within this distance of the photo's EXIF GPS position")
     p.add_argument("--fov-deg", type=float, default=None,
-                   help="horizontal field of view of normal photos (default: from EXIF focal length, else 90)")
+                   help="horizontal field of view of normal photos (default: from the EXIF 35 mm focal length, "
+                        "else the checkpoint's training FoV, else 90)")
     p.add_argument("--out", required=True, help="output GeoPackage (layers 'candidates' and 'photos')")
     p.add_argument("--heatmap-dir", default=None, help="write one Float32 GeoTIFF heatmap per photo here")
     add_device_arg(p)
@@ -86,6 +88,7 @@ def _params(args: argparse.Namespace, out_size: tuple[int, int]):
 
 
 def cmd_tile(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``saig tile``: cut the orthophotos into chips and write the manifest; exit 1 if any raster failed."""
     from tiling.tile import tile_rasters
 
     result = tile_rasters(args.rasters, _params(args, args.aerial_size), args.out, reporter, overwrite=args.overwrite)
@@ -95,6 +98,7 @@ def cmd_tile(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 def cmd_index_build(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``saig index build``: encode the orthophotos' chips into an index folder; exit 1 if any raster failed."""
     from tiling.index import BuildOptions, build_index
 
     opts = BuildOptions(checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
@@ -116,6 +120,7 @@ def _report(args: argparse.Namespace, reporter: Reporter, message: str, **result
 
 
 def cmd_index_info(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``saig index info``: an index folder's metadata, its checksums verified."""
     import json
 
     from tiling.index import index_info
@@ -142,6 +147,7 @@ def cmd_schema(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 def cmd_locate(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``saig locate``: rank candidate locations of the photos; exit 1 if any photo failed."""
     from tiling.locate import LocateOptions, locate_photos
 
     opts = LocateOptions(index=args.index, checkpoint=args.checkpoint, k=args.k, prior_radius_m=args.prior_radius_m,

@@ -11,6 +11,7 @@ from saig_core.runtime.progress import Reporter
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``synth`` and ``demo`` to the ``saig`` subparsers."""
     p = sub.add_parser(
         "synth",
         help="generate a synthetic world (orthophoto, DSM, geotagged photos, truth.csv) or training pairs",
@@ -49,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="demo_out", help="output folder, replaced on each run (default demo_out)")
     p.add_argument("--checkpoint", default="models/demo.pt", help="model checkpoint (default models/demo.pt)")
-    p.add_argument("--seed", type=int, default=2026, help="world seed (default 2026; training used 101-109)")
+    p.add_argument("--seed", type=int, default=2026,
+                   help="world seed (default 2026; training used 101-108 and 110-113, validation 109)")
     p.add_argument("--size-m", type=float, default=2000.0, help="world side in metres (default 2000)")
     p.add_argument("--photos", type=int, default=200, help="360° panoramas (default 200)")
     p.add_argument("--fov-photos", type=int, default=50, help="90° photos (default 50)")
@@ -79,6 +81,7 @@ def _lonlat(text: str) -> tuple[float, float]:
 
 
 def cmd_synth(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``saig synth``: one world with photos and truth, or (``--pairs``) training pairs from several worlds."""
     from saig_core.errors import SaigError
     from synthetic_world.generate import PhotoPlan, synthesize_pairs, synthesize_world
     from synthetic_world.world import WorldConfig
@@ -90,7 +93,8 @@ def cmd_synth(args: argparse.Namespace, reporter: Reporter) -> int:
     if args.pairs is not None:
         if args.pairs < 1:
             raise SaigError("--pairs must be at least 1")
-        path = synthesize_pairs(args.seed, args.out, args.pairs, size_m=args.size_m, chip_size_m=args.chip_size_m, jitter_m=args.jitter_m, reporter=reporter)
+        path = synthesize_pairs(args.seed, args.out, args.pairs, size_m=args.size_m, chip_size_m=args.chip_size_m,
+                                jitter_m=args.jitter_m, reporter=reporter)
         seconds = time.perf_counter() - start
         reporter.log(f"wrote {len(args.seed) * args.pairs} pairs from seeds {args.seed} to {path} in {seconds:.0f} s")
         if args.json or reporter.json:
@@ -116,6 +120,7 @@ def cmd_synth(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``saig demo``: synth, index build and locate on a held-out world, scored against its truth."""
     from pathlib import Path
 
     from synthetic_world.demo import DemoConfig, format_table, run_demo

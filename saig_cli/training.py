@@ -9,11 +9,12 @@ from saig_core.runtime.progress import Reporter
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``train`` and ``eval`` to the ``saig`` subparsers."""
     p = sub.add_parser("train", help="train a SAIG model from a YAML config (one process, or many under torchrun)",
                        description="Train per CONFIG into RUN_DIR (last.pt, best.pt chosen on the validation split, "
                                    "train_state.pt, metrics.csv, tb/). The last stdout line is the JSON report. "
                                    "Multi-GPU: torchrun --nproc_per_node N -m saig_core train ...")
-    p.add_argument("--config", required=True, help="training config YAML (see README, Training)")
+    p.add_argument("--config", required=True, help="training config YAML (see docs/training.md)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR exactly where it stopped")
     _add_set(p)
@@ -21,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop cleanly after epoch N (for time-limited machines); continue later with --resume")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="retrieval metrics (R@k, R@1%%, VIGOR hit rate) of a checkpoint on a config's split")
+    p = sub.add_parser("eval",
+                       help="retrieval metrics (R@k, R@1%%, VIGOR hit rate) of a checkpoint on a config's split")
     p.add_argument("--checkpoint", required=True, help="any checkpoint load_checkpoint accepts")
     p.add_argument("--config", required=True, help="the training config naming the data")
     p.add_argument("--split", choices=("val", "test", "train"), default=None,
@@ -37,6 +39,7 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``saig train``: train per the config into the run directory; the JSON report is the last line."""
     from saig_core.training.config import load_config
     from saig_core.training.trainer import train
 
@@ -48,6 +51,7 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``saig eval``: retrieval metrics of a checkpoint on one split of a config's data."""
     import torch
 
     from saig_core.data.datasets import encode_split

@@ -29,9 +29,12 @@ from synthetic_world import io
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """What one ``saig demo`` run does: the world to generate, the model and index settings, how a hit is scored
+    and how many overview images to draw."""
+
     out: Path = Path("demo_out")
     checkpoint: Path = Path("models/demo.pt")
-    seed: int = 2026                 # never a training seed (those are 101-109)
+    seed: int = 2026                 # unseen in training: train 101-108 and 110-113, validation 109
     size_m: float = 2000.0
     panoramas: int = 200
     fov_photos: int = 50
@@ -152,7 +155,7 @@ def _score(truth: dict, results: dict, crs: str, radius: float, k_percent: int) 
         within = np.nonzero(dist <= radius)[0]
         rows.append({"photo": name, "kind": t.kind, "top1_error_m": round(float(dist[0]), 2),
                      "first_hit_rank": int(within[0]) + 1 if len(within) else None,
-                     "top5": [[round(float(x), 2), round(float(y), 2)] for x, y in zip(xs[:5], ys[:5])]})
+                     "top5": [[round(float(x), 2), round(float(y), 2)] for x, y in zip(xs[:5], ys[:5], strict=True)]})
     for r in rows:
         r["hit@1"] = r["first_hit_rank"] == 1
         r["hit@5"] = r["first_hit_rank"] is not None and r["first_hit_rank"] <= 5
@@ -176,6 +179,7 @@ def _summary(rows: list[dict], chance: float) -> dict:
 
 
 def format_table(report: dict) -> str:
+    """The demo report as a fixed-width text table: metrics per photo kind, then chips, hit rule and timings."""
     lines = [f"{'photos':<12}{'n':>5}{'R@1':>8}{'R@5':>8}{'R@1%':>8}{'x chance':>10}{'median m':>10}{'p90 m':>9}"]
     for kind, m in report["metrics"].items():
         lines.append(f"{kind:<12}{m['count']:>5}{m['R@1']:>8.3f}{m['R@5']:>8.3f}{m['R@1%']:>8.3f}"
@@ -230,6 +234,12 @@ def _panel(ortho_path: Path, heat_path: Path | None, bounds, size: int, opacity:
     return img.astype(np.uint8)
 
 
+def _panel_xy(bounds, size: int, x: float, y: float) -> tuple[float, float]:
+    """Grid-CRS (x, y) -> pixel (column, row) in a ``size`` px panel of ``bounds`` (west, south, east, north)."""
+    bw, bs, be, bn = bounds
+    return ((x - bw) / (be - bw) * size, (bn - y) / (bn - bs) * size)
+
+
 def _draw_overviews(cfg: DemoConfig, world_dir: Path, out: Path, truth, results, scored) -> list[str]:
     """For a few panoramas and photos: the photo above the whole world and a 400 m zoom, with the
     heatmap, the true position (white cross) and the top-5 candidates (numbered circles)."""
@@ -260,24 +270,20 @@ def _draw_overviews(cfg: DemoConfig, world_dir: Path, out: Path, truth, results,
         canvas.paste(ph, (10, 30))
         draw = ImageDraw.Draw(canvas)
         rank = row["first_hit_rank"]
+        rank_text = rank if rank else ">" + str(len(results[name]["candidates"]))
         draw.text((10, 8), f"{name} ({t.kind}): top-1 error {row['top1_error_m']:.0f} m, first candidate within "
-                           f"{cfg.hit_radius_m:g} m at rank {rank if rank else '>' + str(len(results[name]['candidates']))}",
+                           f"{cfg.hit_radius_m:g} m at rank {rank_text}",
                   fill=(0, 0, 0))
         top = ph.height + 55
         for i, (bounds, label, opacity) in enumerate(views):
             img = Image.fromarray(_panel(world_dir / "orthophoto.tif", heat_path, bounds, side, opacity))
             d = ImageDraw.Draw(img)
-            bw, bs, be, bn = bounds
-
-            def px(x, y):
-                return ((x - bw) / (be - bw) * side, (bn - y) / (bn - bs) * side)
-
             for j, (cx, cy) in reversed(list(enumerate(by_name[name]["top5"]))):
-                u, v = px(cx, cy)
+                u, v = _panel_xy(bounds, side, cx, cy)
                 r = 9 if i else 6
                 d.ellipse((u - r, v - r, u + r, v + r), outline=(0, 255, 255), width=2)
                 d.text((u + r, v - r), str(j + 1), fill=(0, 255, 255))
-            u, v = px(t.x, t.y)
+            u, v = _panel_xy(bounds, side, t.x, t.y)
             for colour, width in (((0, 0, 0), 5), ((255, 255, 255), 2)):
                 d.line((u - 10, v, u + 10, v), fill=colour, width=width)
                 d.line((u, v - 10, u, v + 10), fill=colour, width=width)

@@ -65,7 +65,8 @@ def synthesize_world(config: WorldConfig, out: str | Path, plan: PhotoPlan = Pho
         t.update(1)
 
     total = plan.panoramas + plan.fov_photos
-    positions = street_positions(world, total, _rng(config.seed, 1), margin_m=plan.margin_m) if total else np.zeros((0, 2))
+    positions = (street_positions(world, total, _rng(config.seed, 1), margin_m=plan.margin_m) if total
+                 else np.zeros((0, 2)))
     lon, lat = io.to_lonlat(world, positions[:, 0], positions[:, 1])
     headings = _rng(config.seed, 2).uniform(0, 360, plan.fov_photos)
     rows: list[io.TruthRow] = []

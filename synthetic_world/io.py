@@ -25,11 +25,12 @@ def world_crs(config: WorldConfig) -> str:
 def make_world(config: WorldConfig) -> World:
     """Generate the world of ``config``, centred on its (lon, lat) projected into its grid CRS."""
     from pyproj import CRS, Transformer
+    from pyproj.exceptions import CRSError
 
     crs = world_crs(config)
     try:
         projected = CRS.from_user_input(crs).is_projected
-    except Exception as e:  # pyproj's CRSError: an unknown or malformed CRS string
+    except CRSError as e:  # an unknown or malformed CRS string
         raise ValueError(f"the world's CRS {crs!r} is not a valid CRS ({e})") from None
     if not projected:
         raise ValueError(f"the world's CRS must be projected in metres, got {crs}")
@@ -154,6 +155,7 @@ def write_jpeg(path: str | Path, rgb: np.ndarray, exif: bytes | None = None, qua
 
 
 def write_png(path: str | Path, rgb: np.ndarray) -> Path:
+    """Write an (H, W, 3) uint8 image as PNG atomically (a temporary file renamed into place)."""
     from PIL import Image
 
     path = Path(path)
@@ -180,6 +182,7 @@ class TruthRow:
 
 
 def write_csv(path: str | Path, fields: tuple[str, ...], rows: list[dict]) -> Path:
+    """Write ``rows`` as CSV with a header of ``fields``, atomically (a temporary file renamed into place)."""
     path = Path(path)
     tmp = _temp(path)
     try:
@@ -201,6 +204,7 @@ def write_truth(path: str | Path, rows: list[TruthRow]) -> Path:
 
 
 def read_truth(path: str | Path) -> list[TruthRow]:
+    """The rows of a truth.csv written by :func:`write_truth`."""
     with open(path, newline="") as f:
         return [TruthRow(file=r["file"], lon=float(r["lon"]), lat=float(r["lat"]), x=float(r["x"]),
                          y=float(r["y"]), heading=float(r["heading"]), kind=r["kind"]) for r in csv.DictReader(f)]

@@ -28,6 +28,9 @@ from synthetic_world.world import BUILDING, TREE, World
 
 @dataclass(frozen=True)
 class PanoramaSpec:
+    """An equirectangular 360° view: image size, the elevation span of its rows, eye height, and how
+    far (and in what steps) its rays are marched."""
+
     height: int = 128
     width: int = 512
     elev_top_deg: float = 30.0
@@ -227,6 +230,6 @@ class Renderer:
         sky = sky + 60.0 * glow[..., None]
         phase = rng.uniform(0, 2 * math.pi, 3)
         freq = rng.uniform(2, 6, 3)
-        clouds = sum(np.sin(f * az[None, :] + p + 7 * elev) for f, p in zip(freq, phase)) / 3.0
+        clouds = sum(np.sin(f * az[None, :] + p + 7 * elev) for f, p in zip(freq, phase, strict=True)) / 3.0
         cover = np.clip((clouds - rng.uniform(0.1, 0.6)) * 2.0, 0, 1) * (elev > 0.02)
         return sky * (1 - 0.6 * cover[..., None]) + 235.0 * 0.6 * cover[..., None]

@@ -56,6 +56,7 @@ class WorldConfig:
 
     @property
     def pixels(self) -> int:
+        """Grid side in pixels: ``size_m / resolution_m``, rounded."""
         return int(round(self.size_m / self.resolution_m))
 
 
@@ -128,10 +129,12 @@ class World:
 
     @property
     def res(self) -> float:
+        """Pixel size in metres (the config's ``resolution_m``)."""
         return self.config.resolution_m
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(rows, columns) of the rasters."""
         return self.dsm.shape
 
     @property
@@ -160,6 +163,7 @@ class World:
         return float(self.terrain[int(np.clip(row, 0, h - 1)), int(np.clip(col, 0, w - 1))])
 
     def centre(self) -> tuple[float, float]:
+        """(x, y) of the world's centre in the grid CRS."""
         w, s, e, n = self.bounds
         return ((w + e) / 2, (s + n) / 2)
 
@@ -169,6 +173,8 @@ def generate_world(config: WorldConfig, grid_crs: str, center_xy: tuple[float, f
 
     The caller projects the centre (see :func:`synthetic_world.io.make_world`); this function
     stays free of projection libraries. The upper-left corner is snapped to whole pixels.
+    Every step draws from one random generator in a fixed order, so the world is reproducible
+    bit for bit: reordering the steps changes every world.
     """
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x5A16]))
     res = config.resolution_m
@@ -183,6 +189,62 @@ def generate_world(config: WorldConfig, grid_crs: str, center_xy: tuple[float, f
     ly = (half - (np.arange(n, dtype=np.float32) + 0.5) * res)[:, None]
 
     terrain = _terrain(rng, n, res)
+    grid, px = _road_grid(rng, lx, ly, half)
+    urbanity, block_type = _block_layout(rng, grid, config.size_m)
+    btype = block_type[px.iu, px.iv]
+    kind, albedo = _paint_ground(rng, grid, px, btype, terrain)
+    del px
+
+    dsm = terrain.copy()
+    side = np.empty_like(albedo)
+    side[:] = albedo
+    buildings = _place_buildings(rng, config, block_type, grid.u_lines, grid.u_width, grid.v_lines, grid.v_width,
+                                 urbanity, grid.theta, terrain, half)
+    for b in buildings:
+        _draw_building(b, dsm, kind, albedo, side, lx, ly, res, half)
+    _place_trees(rng, btype, kind, terrain, dsm, albedo, side, res)
+    _texture(rng, albedo, side, style, n, res)
+    world_buildings = [
+        Building(x=b.x + west + half, y=b.y + north - half, length_m=b.length_m, width_m=b.width_m,
+                 angle_deg=b.angle_deg, height_m=b.height_m, base_m=b.base_m, roof_rgb=b.roof_rgb,
+                 facade_rgb=b.facade_rgb, gable=b.gable)
+        for b in buildings
+    ]
+    return World(config=config, crs=grid_crs, west=west, north=north, terrain=terrain, dsm=dsm, kind=kind,
+                 albedo=np.clip(albedo, 0, 255).astype(np.uint8), side=np.clip(side, 0, 255).astype(np.uint8),
+                 grid_angle_deg=grid.theta, style=style, buildings=world_buildings)
+
+
+@dataclass(frozen=True)
+class _RoadGrid:
+    """The rotated road grid in local metres: ``u`` runs along the first road family's normal, ``v``
+    along the second's; ``*_lines`` are the roads' centre positions, ``*_width`` their widths."""
+
+    theta: float               # rotation, degrees counter-clockwise from east
+    u_lines: np.ndarray
+    u_width: np.ndarray
+    v_lines: np.ndarray
+    v_width: np.ndarray
+
+
+@dataclass(frozen=True)
+class _GridPixels:
+    """Every pixel in road-grid terms: its (u, v), the block (iu, iv) it lies in, its distances to the
+    block's four bounding road lines and whether it is road."""
+
+    u: np.ndarray
+    v: np.ndarray
+    iu: np.ndarray
+    iv: np.ndarray
+    du0: np.ndarray            # u distance to the block's lower u line
+    du1: np.ndarray            # ... to its upper u line
+    dv0: np.ndarray
+    dv1: np.ndarray
+    road: np.ndarray           # (H, W) bool
+
+
+def _road_grid(rng: np.random.Generator, lx: np.ndarray, ly: np.ndarray, half: float) -> tuple[_RoadGrid, _GridPixels]:
+    """A randomly rotated grid of two road families, with missing segments, and its pixel raster."""
     theta = rng.uniform(0, 90)
     ct, st = math.cos(math.radians(theta)), math.sin(math.radians(theta))
     u = lx * ct + ly * st            # along the first road family's normal
@@ -202,46 +264,71 @@ def generate_world(config: WorldConfig, grid_crs: str, center_xy: tuple[float, f
     dv1 = v_lines[iv + 1] - v
     road_u = ((du0 < u_width[iu] / 2) & ~drop_u[iu, iv]) | ((du1 < u_width[iu + 1] / 2) & ~drop_u[iu + 1, iv])
     road_v = ((dv0 < v_width[iv] / 2) & ~drop_v[iv, iu]) | ((dv1 < v_width[iv + 1] / 2) & ~drop_v[iv + 1, iu])
-    road = road_u | road_v
+    grid = _RoadGrid(theta=theta, u_lines=u_lines, u_width=u_width, v_lines=v_lines, v_width=v_width)
+    return grid, _GridPixels(u=u, v=v, iu=iu, iv=iv, du0=du0, du1=du1, dv0=dv0, dv1=dv1, road=road_u | road_v)
 
-    # Block types: urban near a random downtown, open land further out.
-    cu = 0.5 * (u_lines[:-1] + u_lines[1:])
-    cv = 0.5 * (v_lines[:-1] + v_lines[1:])
-    down = rng.uniform(-0.3, 0.3, 2) * config.size_m
+
+def _block_layout(rng: np.random.Generator, grid: _RoadGrid, size_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Urbanity (1 at a random downtown, falling off with distance) and type of every block of the grid:
+    urban near downtown, open land further out."""
+    ct, st = math.cos(math.radians(grid.theta)), math.sin(math.radians(grid.theta))
+    cu = 0.5 * (grid.u_lines[:-1] + grid.u_lines[1:])
+    cv = 0.5 * (grid.v_lines[:-1] + grid.v_lines[1:])
+    down = rng.uniform(-0.3, 0.3, 2) * size_m
     dist = np.hypot(cu[:, None] - (down[0] * ct + down[1] * st), cv[None, :] - (-down[0] * st + down[1] * ct))
-    urbanity = np.exp(-(dist / (0.45 * config.size_m)) ** 2)
-    block_type = _block_types(rng, urbanity)
-    btype = block_type[iu, iv]
+    urbanity = np.exp(-(dist / (0.45 * size_m)) ** 2)
+    return urbanity, _block_types(rng, urbanity)
 
+
+def _paint_ground(rng: np.random.Generator, grid: _RoadGrid, px: _GridPixels, btype: np.ndarray,
+                  terrain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Surface kind and unlit colour of the ground: grass, parks, forest floor, fields, lakes (which
+    flatten ``terrain`` in place) and roads, before buildings and trees are drawn on top."""
+    n = terrain.shape[0]
     kind = np.full((n, n), GROUND, np.uint8)
     albedo = np.empty((n, n, 3), np.float32)
     grass = np.array([95, 125, 60], np.float32) * rng.uniform(0.85, 1.15, 3)
     albedo[:] = grass
     for t, colour in ((PARK, grass * [0.9, 1.08, 0.9]), (FOREST, grass * [0.7, 0.85, 0.7])):
         albedo[btype == t] = colour
+    _paint_fields(rng, px, btype, kind, albedo)
+    _paint_lakes(rng, grid, px, btype, terrain, kind, albedo)
+    _paint_roads(rng, grid, px, kind, albedo)
+    return kind, albedo
 
-    # Fields: each crop block split into strips of crops, rows in the field's own direction.
+
+def _paint_fields(rng: np.random.Generator, px: _GridPixels, btype: np.ndarray, kind: np.ndarray,
+                  albedo: np.ndarray) -> None:
+    """Fields: each crop block split into strips of crops, rows in the field's own direction."""
     crops = btype == CROPS
     if crops.any():
-        field_id = (iu * 7919 + iv * 104729 + (np.floor(du0 / 40.0)).astype(np.int32) * 31) % len(_CROP_PALETTE)
+        strip = (np.floor(px.du0 / 40.0)).astype(np.int32)
+        field_id = (px.iu * 7919 + px.iv * 104729 + strip * 31) % len(_CROP_PALETTE)
         crop_colour = _CROP_PALETTE[field_id] * rng.uniform(0.9, 1.1, 3)
-        rows = 0.85 + 0.15 * np.cos((u if rng.random() < 0.5 else v) * (2 * math.pi / 3.0))
+        rows = 0.85 + 0.15 * np.cos((px.u if rng.random() < 0.5 else px.v) * (2 * math.pi / 3.0))
         albedo[crops] = (crop_colour * rows[..., None])[crops]
         kind[crops] = FIELD
-        del field_id, crop_colour, rows
 
-    # Water: lakes fill their block (with a grass shore), flat at the block's lowest terrain.
-    lake = (btype == LAKE) & (du0 > 8) & (dv0 > 8)
-    lake &= (u_lines[iu + 1] - u > 8) & (v_lines[iv + 1] - v > 8)
+
+def _paint_lakes(rng: np.random.Generator, grid: _RoadGrid, px: _GridPixels, btype: np.ndarray,
+                 terrain: np.ndarray, kind: np.ndarray, albedo: np.ndarray) -> None:
+    """Water: lakes fill their block (with a grass shore), flat at the block's lowest terrain."""
+    lake = (btype == LAKE) & (px.du0 > 8) & (px.dv0 > 8)
+    lake &= (grid.u_lines[px.iu + 1] - px.u > 8) & (grid.v_lines[px.iv + 1] - px.v > 8)
     if lake.any():
-        labels = (iu * len(v_lines) + iv)[lake]
+        labels = (px.iu * len(grid.v_lines) + px.iv)[lake]
         uniq = np.unique(labels)
         levels = np.asarray(ndimage.minimum(terrain[lake], labels, uniq), np.float32)
         terrain[lake] = levels[np.searchsorted(uniq, labels)] - 0.8
         albedo[lake] = np.array([50, 85, 105], np.float32) * rng.uniform(0.85, 1.15, 3)
         kind[lake] = WATER
 
-    # Roads: asphalt, pale sidewalks at the edges, dashed centre lines on wide roads.
+
+def _paint_roads(rng: np.random.Generator, grid: _RoadGrid, px: _GridPixels, kind: np.ndarray,
+                 albedo: np.ndarray) -> None:
+    """Roads: asphalt, pale sidewalks at the edges, dashed centre lines on wide roads."""
+    iu, iv, du0, du1, dv0, dv1, road = px.iu, px.iv, px.du0, px.du1, px.dv0, px.dv1, px.road
+    u_width, v_width = grid.u_width, grid.v_width
     asphalt = np.array([85, 85, 88], np.float32) * rng.uniform(0.8, 1.2)
     albedo[road] = asphalt
     kind[road] = ROAD
@@ -249,33 +336,18 @@ def generate_world(config: WorldConfig, grid_crs: str, center_xy: tuple[float, f
                    (np.abs(dv0 - v_width[iv] / 2 + 1) < 1) | (np.abs(dv1 - v_width[iv + 1] / 2 + 1) < 1))
     albedo[edge] = asphalt * 1.6
     centre_line = road & (((du0 < 0.15) & (u_width[iu] > 9)) | ((dv0 < 0.15) & (v_width[iv] > 9)))
-    centre_line &= (np.floor((u + v) / 3.0) % 2 == 0)
+    centre_line &= (np.floor((px.u + px.v) / 3.0) % 2 == 0)
     albedo[centre_line] = (235, 235, 225)
-    del edge, centre_line, du0, dv0, du1, dv1
 
-    dsm = terrain.copy()
-    side = np.empty_like(albedo)
-    side[:] = albedo
-    buildings = _place_buildings(rng, config, block_type, u_lines, u_width, v_lines, v_width,
-                                 urbanity, theta, terrain, half)
-    for b in buildings:
-        _draw_building(b, dsm, kind, albedo, side, lx, ly, res, half)
-    _place_trees(rng, btype, kind, terrain, dsm, albedo, side, res)
 
-    # Texture: fine grain and larger blotches, so nothing is a flat colour.
+def _texture(rng: np.random.Generator, albedo: np.ndarray, side: np.ndarray, style: Style, n: int,
+             res: float) -> None:
+    """Texture (in place): fine grain and larger blotches on ``albedo``, so nothing is a flat colour;
+    then the style's white balance on both colour rasters."""
     albedo *= _noise(rng, n, sigma=0.0, amplitude=0.06)[..., None]
     albedo *= _noise(rng, n, sigma=6.0 / res, amplitude=0.10)[..., None]
     albedo *= np.asarray(style.white_balance, np.float32)
     side *= np.asarray(style.white_balance, np.float32)
-    world_buildings = [
-        Building(x=b.x + west + half, y=b.y + north - half, length_m=b.length_m, width_m=b.width_m,
-                 angle_deg=b.angle_deg, height_m=b.height_m, base_m=b.base_m, roof_rgb=b.roof_rgb,
-                 facade_rgb=b.facade_rgb, gable=b.gable)
-        for b in buildings
-    ]
-    return World(config=config, crs=grid_crs, west=west, north=north, terrain=terrain, dsm=dsm, kind=kind,
-                 albedo=np.clip(albedo, 0, 255).astype(np.uint8), side=np.clip(side, 0, 255).astype(np.uint8),
-                 grid_angle_deg=theta, style=style, buildings=world_buildings)
 
 
 def _style(rng: np.random.Generator) -> Style:
@@ -350,7 +422,7 @@ def _place_buildings(rng, config, block_type, u_lines, u_width, v_lines, v_width
     n = terrain.shape[0]
     res = config.resolution_m
     out: list[Building] = []
-    for i, j in zip(*np.nonzero(block_type == URBAN)):
+    for i, j in zip(*np.nonzero(block_type == URBAN), strict=True):
         u0, u1 = u_lines[i] + u_width[i] / 2, u_lines[i + 1] - u_width[i + 1] / 2
         v0, v1 = v_lines[j] + v_width[j] / 2, v_lines[j + 1] - v_width[j + 1] / 2
         # Blocks entirely outside the world are skipped (the grid covers the rotated square).
@@ -445,7 +517,7 @@ def _place_trees(rng, btype, kind, terrain, dsm, albedo, side, res) -> None:
     height = rng.uniform(5.0, 12.0, len(cols))
     greens = np.array([[55, 95, 45], [70, 110, 50], [45, 80, 40], [85, 115, 55]], np.float32)
     shade = greens[rng.integers(len(greens), size=len(cols))] * rng.uniform(0.85, 1.15, (len(cols), 3))
-    for c, r, rad, h, col in zip(cols, rows, radius, height, shade):
+    for c, r, rad, h, col in zip(cols, rows, radius, height, shade, strict=True):
         rp = rad / res
         c0, c1 = max(int(c - rp), 0), min(int(c + rp) + 2, n)
         r0, r1 = max(int(r - rp), 0), min(int(r + rp) + 2, n)

@@ -31,19 +31,19 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import rasterio
+import rasterio  # type: ignore[import-untyped]  # rasterio ships no type information
 from pyproj import CRS, Transformer
 from rasterio import windows
-from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.transform import from_bounds
-from rasterio.warp import reproject
-from rasterio.windows import Window
+from rasterio.enums import ColorInterp, MaskFlags, Resampling  # type: ignore[import-untyped]
+from rasterio.transform import from_bounds  # type: ignore[import-untyped]
+from rasterio.warp import reproject  # type: ignore[import-untyped]
+from rasterio.windows import Window  # type: ignore[import-untyped]
 
 from saig_core.errors import SaigError
 from tiling.grid import GridSpec, choose_grid
@@ -88,6 +88,7 @@ class ChipParams:
             raise SaigError(f"chips are square; got an aerial input size of {self.out_size}")
 
     def to_dict(self) -> dict:
+        """The parameters as a JSON-ready dict (``out_size`` as a list), as recorded with a run's output."""
         return {"chip_size_m": self.chip_size_m, "stride_m": self.stride_m, "out_size": list(self.out_size),
                 "min_valid": self.min_valid, "grid": self.grid, "grid_crs": self.grid_crs, "zoom": self.zoom,
                 "resampling": self.resampling}
@@ -129,6 +130,7 @@ class SourceRaster:
     _ds: rasterio.io.DatasetReader = field(repr=False)  # for planning and statistics (readers open their own)
 
     def close(self) -> None:
+        """Close the planning dataset."""
         self._ds.close()
 
 
@@ -181,13 +183,14 @@ def _validate(path: Path, index: int, ds) -> SourceRaster:
     collar_rule = flags == [MaskFlags.all_valid]
     to_wgs = Transformer.from_crs(crs, _WGS84, always_xy=True)
     try:
-        lonlat = to_wgs.transform_bounds(*ds.bounds, densify_pts=21)
+        left, bottom, right, top = ds.bounds
+        lonlat = to_wgs.transform_bounds(left, bottom, right, top, densify_pts=21)
     except Exception as e:  # noqa: BLE001 - pyproj raises several kinds
         raise RasterError(path, f"its extent cannot be transformed to EPSG:4326 ({e})") from None
     if not all(math.isfinite(v) for v in lonlat):
         raise RasterError(path, "its extent cannot be transformed to EPSG:4326")
     pixel_size_m = _pixel_size_m(ds, crs)
-    src = SourceRaster(path, index, crs, bands, palette, None, collar_rule, pixel_size_m, tuple(lonlat), ds)
+    src = SourceRaster(path, index, crs, bands, palette, None, collar_rule, pixel_size_m, lonlat, ds)
     if np.dtype(ds.dtypes[bands[0] - 1]) != np.uint8 and palette is None:
         src.stretch = _percentile_stretch(src)
     return src
@@ -249,14 +252,17 @@ class ChipPlanner:
                                           f"({s.pixel_size_m:.3g} m); use a larger --chip-size-m")
 
     def ground_chip_size(self, lonlat_bounds: tuple[float, float, float, float]) -> float:
+        """Ground metres of a chip's side over these bounds (XYZ tiles shrink with the cosine of latitude)."""
         if self.grid.kind != "xyz":
             return self.grid.chip_size
         lat = (lonlat_bounds[1] + lonlat_bounds[3]) / 2
         return self.grid.chip_size * math.cos(math.radians(lat))
 
     def source_cells(self, src: SourceRaster) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cols) of the grid cells over a raster's extent; raises RasterError past MAX_CANDIDATES."""
         to_grid = Transformer.from_crs(src.crs, self.grid.crs, always_xy=True)
-        bounds = to_grid.transform_bounds(*src._ds.bounds, densify_pts=21)
+        left, bottom, right, top = src._ds.bounds
+        bounds = to_grid.transform_bounds(left, bottom, right, top, densify_pts=21)
         rows, cols = self.grid.cells_in_bounds(bounds)
         if rows.size > MAX_CANDIDATES:
             raise RasterError(src.path, f"its extent holds {rows.size:,} chip cells (limit {MAX_CANDIDATES:,}): "
@@ -275,11 +281,11 @@ class ChipPlanner:
             first = max(0, start_seq - seq)
             rows, cols = rows[first:], cols[first:]
             seq += first
-            for chip in self._describe(src, rows, cols, seq):
-                yield chip
+            yield from self._describe(src, rows, cols, seq)
             seq += rows.size
 
     def count(self) -> int:
+        """How many candidate chips the run has (all sources)."""
         return sum(self.source_cells(s)[0].size for s in self.sources)
 
     def _describe(self, src: SourceRaster, rows: np.ndarray, cols: np.ndarray, seq0: int) -> Iterator[Chip]:
@@ -308,8 +314,9 @@ class ChipPlanner:
             for k in range(r.size):
                 rr, cc = int(r[k]), int(c[k])
                 chip_id = f"{grid.zoom}/{cc}/{rr}" if grid.kind == "xyz" else f"r{rr}c{cc}"
+                footprint = (float(fp[k, 0]), float(fp[k, 1]), float(fp[k, 2]), float(fp[k, 3]))
                 yield Chip(seq0 + i0 + k, chip_id, str(src.path), src.index, rr, cc,
-                           Window(*(round(float(v), 4) for v in win[k])), tuple(float(v) for v in fp[k]),
+                           Window(*(round(float(v), 4) for v in win[k])), footprint,
                            float(cx[k]), float(cy[k]), float(lon[k]), float(lat[k]), float(gsd[k]))
 
 
@@ -423,7 +430,7 @@ def _resample(arr: np.ndarray, box: tuple[float, float, float, float], size: tup
     from PIL import Image
 
     _, h, w = arr.shape
-    if size == (w, h) and all(abs(a - b) < 1e-6 for a, b in zip(box, (0, 0, w, h))):
+    if size == (w, h) and all(abs(a - b) < 1e-6 for a, b in zip(box, (0, 0, w, h), strict=True)):
         return arr
     resample = _PIL_FILTERS.get(resampling, 2)
     if arr.dtype == np.uint8 and arr.shape[0] == 3:
@@ -461,9 +468,9 @@ def _to_rgb8(src: SourceRaster, data: np.ndarray, valid: np.ndarray) -> np.ndarr
     return rgb
 
 
-def open_sources(paths: list[str | os.PathLike], on_error=None) -> list[SourceRaster]:
+def open_sources(paths: Sequence[str | os.PathLike], on_error=None) -> list[SourceRaster]:
     """Open every raster; a bad one is passed to ``on_error(RasterError)`` (or raised when None)."""
-    sources = []
+    sources: list[SourceRaster] = []
     for p in paths:
         try:
             sources.append(open_source(p, index=len(sources)))

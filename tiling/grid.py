@@ -52,6 +52,7 @@ class GridSpec:
 
     @property
     def crs_string(self) -> str:
+        """The grid CRS as ``EPSG:<code>`` when it has one, else as WKT."""
         epsg = self.crs.to_epsg()
         return f"EPSG:{epsg}" if epsg else self.crs.to_wkt()
 

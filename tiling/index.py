@@ -61,6 +61,9 @@ class IndexFolderError(SaigError, ValueError):
 
 @dataclass
 class BuildOptions:
+    """How ``saig index build`` encodes: the checkpoint, device, batch size, FAISS index type, whether to
+    replace an existing output, and the shard size (how much work a killed build can lose)."""
+
     checkpoint: str
     device: str = "auto"
     batch_size: int = 32
@@ -71,6 +74,9 @@ class BuildOptions:
 
 @dataclass
 class BuildResult:
+    """What ``saig index build`` produced: the index folder, its chip count, grid CRS and model
+    fingerprint, and the rasters that failed."""
+
     index: Path
     count: int
     crs: str
@@ -79,6 +85,7 @@ class BuildResult:
 
 
 def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (the checksums recorded in an index's metadata)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -217,7 +224,8 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
     # a model trained on polar-transformed aerials gets chips cut at twice its input, then polar-transformed
     ckpt_meta = read_checkpoint(opts.checkpoint).get("metadata", {}) or {}
     polar = bool((ckpt_meta.get("ground_input") or {}).get("polar_aerial"))
-    aerial = tuple(model.cfg.aerial_size)
+    aerial_h, aerial_w = model.cfg.aerial_size
+    aerial = (aerial_h, aerial_w)
     chip_px = (2 * aerial[0], 2 * aerial[0]) if polar else aerial
     params = ChipParams(chip_size_m, stride_m, out_size=chip_px, **(chip_kwargs or {}))
     failed: list[str] = []
@@ -226,10 +234,9 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
         work = out.with_name(f".{out.name}.partial")
         shard_dir = work / "shards"
         state_file = work / "build.json"
-        if work.exists():
-            if _partial_key(work) != key:
-                reporter.log(f"discarding {work}: a partial build with other inputs or parameters", "warning")
-                shutil.rmtree(work)
+        if work.exists() and _partial_key(work) != key:
+            reporter.log(f"discarding {work}: a partial build with other inputs or parameters", "warning")
+            shutil.rmtree(work)
         if not (work / METADATA_FILE).exists():
             shard_dir.mkdir(parents=True, exist_ok=True)
             if not state_file.exists():
@@ -320,7 +327,7 @@ def _iter_shards(shard_dir: Path, drop_sources: set[str]):
             desc = z["descriptors"]
             records = json.loads(str(z["records"]))
         keep = np.array([r["source"] not in drop_sources for r in records], bool)
-        yield desc[keep], [r for r, k in zip(records, keep) if k]
+        yield desc[keep], [r for r, k in zip(records, keep, strict=True) if k]
 
 
 def _finalise(work: Path, planner: ChipPlanner, params: ChipParams, model, fingerprint: str,

@@ -38,6 +38,9 @@ class FingerprintMismatch(SaigError, ValueError):
 
 @dataclass
 class LocateOptions:
+    """What ``saig locate`` does besides the photos and the output: the index and model, candidates per
+    photo, the EXIF prior radius, the FoV override, heatmaps, device, and whether to print JSON lines."""
+
     index: str
     checkpoint: str | None = None
     k: int = 20
@@ -90,7 +93,7 @@ def load_model_for_index(index: LoadedIndex, checkpoint: str | None, device):
             f"{recorded['fingerprint'][:16]}... from {recorded.get('checkpoint')}); use that checkpoint or rebuild "
             "the index with this one")
     metadata = read_checkpoint(path).get("metadata", {}) or {}
-    return Encoder(model, device=device), GroundInput.from_metadata(tuple(model.cfg.ground_size), metadata)
+    return Encoder(model, device=device), GroundInput.from_metadata(model.cfg.ground_size, metadata)
 
 
 def _fail(reporter: Reporter, opts: LocateOptions, path, message: str) -> None:
@@ -182,7 +185,7 @@ def _locate_one(path: Path, index: LoadedIndex, encoder, ground: GroundInput, ge
         heat_path = write_heatmap(heat_dir / f"{path.stem}_heatmap.tif", index.row[heat_ids], index.col[heat_ids],
                                   heat_scores, index.meta["grid"], index.crs)
     cands = []
-    for rank, (s, i) in enumerate(zip(scores, ids), start=1):
+    for rank, (s, i) in enumerate(zip(scores, ids, strict=True), start=1):
         cands.append({
             "photo": str(path), "rank": rank, "score": float(s), "chip_id": str(index.chip_id[i]), "faiss_id": int(i),
             "lon": float(index.lon[i]), "lat": float(index.lat[i]), "x": float(index.x[i]), "y": float(index.y[i]),
@@ -208,7 +211,7 @@ def _locate_one(path: Path, index: LoadedIndex, encoder, ground: GroundInput, ge
 
 def _write_results(out: Path, cand_rows: list[dict], photo_rows: list[dict], grid_crs: str) -> None:
     import geopandas as gpd
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped]  # no pandas-stubs in the environment
     import shapely
 
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix or '.gpkg'}")
@@ -218,7 +221,7 @@ def _write_results(out: Path, cand_rows: list[dict], photo_rows: list[dict], gri
                                  crs="EPSG:4326")
         pdf = pd.DataFrame(photo_rows, columns=list(PHOTO_COLUMNS))
         has = pdf["lon"].notna() & pdf["lat"].notna()
-        geom = [shapely.Point(lo, la) if h else None for lo, la, h in zip(pdf["lon"], pdf["lat"], has)]
+        geom = [shapely.Point(lo, la) if h else None for lo, la, h in zip(pdf["lon"], pdf["lat"], has, strict=True)]
         photos = gpd.GeoDataFrame(pdf, geometry=geom, crs="EPSG:4326")
         cands.to_file(tmp, layer="candidates", driver="GPKG", engine="pyogrio", dataset_options=GPKG_OPTIONS)
         photos.to_file(tmp, layer="photos", driver="GPKG", engine="pyogrio", dataset_options=GPKG_OPTIONS)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -57,9 +58,11 @@ class PhotoExif:
 
     @property
     def has_position(self) -> bool:
+        """Whether EXIF gave a usable GPS position (both longitude and latitude)."""
         return self.lon is not None and self.lat is not None
 
     def as_json(self) -> dict | None:
+        """Position and heading for a JSON result, or None when EXIF gave neither."""
         if not self.has_position and self.heading is None:
             return None
         return {"lon": self.lon, "lat": self.lat, "heading": self.heading, "heading_ref": self.heading_ref}
@@ -67,17 +70,20 @@ class PhotoExif:
 
 @dataclass
 class Photo:
+    """A ground photo read from disk: its pixels (RGB, orientation applied) and what its EXIF says."""
+
     path: Path
     image: Image.Image  # RGB, orientation applied
     exif: PhotoExif
 
     @property
     def is_panorama(self) -> bool:
+        """Whether the image is a 360° equirectangular panorama (at least PANORAMA_ASPECT times wider than tall)."""
         w, h = self.image.size
         return w >= PANORAMA_ASPECT * h
 
 
-def collect_photos(inputs: list[str | os.PathLike]) -> list[Path]:
+def collect_photos(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """Files given directly, plus the photo files (by suffix, sorted) of folders given."""
     out: list[Path] = []
     for item in inputs:
@@ -195,12 +201,15 @@ class GroundInput:
 
     @classmethod
     def from_metadata(cls, size: tuple[int, int], metadata: dict | None) -> GroundInput:
+        """The ground input of a model of input ``size`` (height, width) from its checkpoint metadata;
+        without a ``ground_input`` record: resized photos, headings unknown, no training FoV."""
         gi = (metadata or {}).get("ground_input") or {}
         fovs = gi.get("fov_deg") or []
-        return cls(tuple(size), gi.get("fov_placement", "resize"), bool(gi.get("fov_heading_known", False)),
+        h, w = size
+        return cls((h, w), gi.get("fov_placement", "resize"), bool(gi.get("fov_heading_known", False)),
                    float(fovs[0]) if fovs else None)
 
-    def describe(self, photo: Photo, fov_override: float | None) -> tuple[str, float | None]:
+    def describe(self, photo: Photo, fov_override: float | None) -> tuple[str, float]:
         """('panorama' | 'fov', fov degrees) for a photo."""
         if photo.is_panorama:
             return "panorama", 360.0

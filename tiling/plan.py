@@ -6,7 +6,7 @@ rasters stay open for the run and are closed when the ``with`` block ends, whate
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 from saig_core.errors import SaigError
@@ -23,7 +23,7 @@ def report_raster_error(reporter: Reporter, failed: list[str]) -> Callable[..., 
 
 
 @contextmanager
-def planned_run(paths: list[str | os.PathLike], params: ChipParams, reporter: Reporter,
+def planned_run(paths: Sequence[str | os.PathLike], params: ChipParams, reporter: Reporter,
                 failed: list[str]) -> Iterator[ChipPlanner]:
     """Open and validate the rasters (bad ones reported into ``failed``) and plan their grid.
 

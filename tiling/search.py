@@ -37,6 +37,7 @@ def describe_index_kinds() -> str:
 
 
 def choose_kind(kind: str, count: int) -> str:
+    """The concrete index kind for ``--index-type`` (``auto``: flat up to FLAT_MAX chips, else pcasq)."""
     if kind == "auto":
         return "flat" if count <= FLAT_MAX else "pcasq"
     if kind not in KINDS:
@@ -68,11 +69,12 @@ def make_index(kind: str, dim: int, count: int, sample: np.ndarray | None = None
         return faiss.IndexPreTransform(uncentred_pca(sample, reduced), inner)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.try_extract_index_ivf(index)
-    ivf = faiss.downcast_index(ivf) if ivf is not None else None
-    if ivf is not None and hasattr(ivf, "do_polysemous_training"):
-        ivf.do_polysemous_training = False  # minutes of training for a Hamming filter search never uses
-        ivf.pq.cp.max_points_per_centroid = 64  # 16k points per sub-quantizer: enough, and 4x faster
-        ivf.pq.cp.niter = 15
+    ivfpq = faiss.downcast_index(ivf) if ivf is not None else None
+    # (only an IndexIVFPQ has polysemous training among IVF indexes; the stubs do not declare the flag)
+    if isinstance(ivfpq, faiss.IndexIVFPQ) and hasattr(ivfpq, "do_polysemous_training"):
+        ivfpq.do_polysemous_training = False  # minutes of training for a Hamming filter search never uses
+        ivfpq.pq.cp.max_points_per_centroid = 64  # 16k points per sub-quantizer: enough, and 4x faster
+        ivfpq.pq.cp.niter = 15
     return index
 
 
@@ -128,8 +130,13 @@ def default_nprobe(index) -> int | None:
     import faiss
 
     ivf = faiss.try_extract_index_ivf(index)
-    if ivf is None:
-        return None
+    return None if ivf is None else _ivf_nprobe(index, ivf)
+
+
+def _ivf_nprobe(index, ivf) -> int:
+    """:func:`default_nprobe` of an index whose inverted file is ``ivf``."""
+    import faiss
+
     pretransformed = isinstance(faiss.downcast_index(index), faiss.IndexPreTransform)
     return max(1, ivf.nlist // 4) if pretransformed else min(ivf.nlist, NPROBE)
 
@@ -140,7 +147,7 @@ def set_search_defaults(index, nprobe: int | None = None) -> None:
 
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
-        ivf.nprobe = min(nprobe or default_nprobe(index), ivf.nlist)
+        ivf.nprobe = min(nprobe or _ivf_nprobe(index, ivf), ivf.nlist)
 
 
 def search(index, queries: np.ndarray, k: int, subset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -175,6 +182,6 @@ def reconstruct(index, ids: np.ndarray) -> np.ndarray:
     import faiss
 
     ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+    if ivf is not None and ivf.direct_map.type == ivf.direct_map.NoMap:  # (the stubs lack faiss.DirectMap)
         ivf.make_direct_map()
     return index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))

@@ -19,6 +19,8 @@ from tiling.plan import planned_run, report_raster_error
 
 @dataclass
 class TileResult:
+    """What ``saig tile`` wrote: the manifest, its chip count and grid CRS, and the rasters that failed."""
+
     output: Path
     count: int
     crs: str
@@ -27,6 +29,10 @@ class TileResult:
 
 def tile_rasters(paths: list[str], params: ChipParams, out: str | os.PathLike, reporter: Reporter,
                  overwrite: bool = False) -> TileResult:
+    """Chip the rasters and write the manifest GeoPackage at ``out``; bad rasters are reported and skipped.
+
+    Raises :class:`NoChipError` (writing nothing) when no raster yields a valid chip.
+    """
     out = Path(out)
     if out.exists() and not overwrite:
         raise SaigError(f"{out} already exists; pass --overwrite to replace it")
