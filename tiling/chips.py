@@ -37,13 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import rasterio  # type: ignore[import-untyped]  # rasterio ships no type information
+import rasterio  # rasterio ships no type information
 from pyproj import CRS, Transformer
 from rasterio import windows
-from rasterio.enums import ColorInterp, MaskFlags, Resampling  # type: ignore[import-untyped]
-from rasterio.transform import from_bounds  # type: ignore[import-untyped]
-from rasterio.warp import reproject  # type: ignore[import-untyped]
-from rasterio.windows import Window  # type: ignore[import-untyped]
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.transform import from_bounds
+from rasterio.warp import reproject
+from rasterio.windows import Window
 
 from saig_core.errors import SaigError
 from tiling.grid import GridSpec, choose_grid

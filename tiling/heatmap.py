@@ -22,7 +22,7 @@ MAX_PIXELS = 100_000_000
 
 def heatmap_grid(rows: np.ndarray, cols: np.ndarray, grid: dict) -> tuple[object, int, int, int, int]:
     """(affine transform, height, width, row0, col0) of the heatmap covering these chip cells."""
-    from rasterio.transform import Affine  # type: ignore[import-untyped]  # rasterio ships no type information
+    from rasterio.transform import Affine  # rasterio ships no type information
 
     s, c = float(grid["stride"]), float(grid["chip_size"])
     ox, oy = grid["origin"]
@@ -40,7 +40,7 @@ def heatmap_grid(rows: np.ndarray, cols: np.ndarray, grid: dict) -> tuple[object
 def write_heatmap(path: str | os.PathLike, rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, grid: dict,
                   crs: str) -> Path:
     """Write the heatmap GeoTIFF atomically (see the module docstring)."""
-    import rasterio  # type: ignore[import-untyped]  # rasterio ships no type information
+    import rasterio  # rasterio ships no type information
 
     path = Path(path)
     transform, height, width, r0, c0 = heatmap_grid(rows, cols, grid)

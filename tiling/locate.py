@@ -211,7 +211,7 @@ def _locate_one(path: Path, index: LoadedIndex, encoder, ground: GroundInput, ge
 
 def _write_results(out: Path, cand_rows: list[dict], photo_rows: list[dict], grid_crs: str) -> None:
     import geopandas as gpd
-    import pandas as pd  # type: ignore[import-untyped]  # no pandas-stubs in the environment
+    import pandas as pd  # no pandas-stubs in the environment
     import shapely
 
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix or '.gpkg'}")
