@@ -48,14 +48,14 @@ from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 
 from . import styles
-from .backend import BackendCanceled, BackendError, BackendRun, format_errors, run_backend
+from .backend import BackendCanceled, BackendError, BackendRun, backend_contract, format_errors, run_backend
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 DEVICES = ("auto", "cuda", "cpu")
 DEVICE_LABELS = ("Auto (CUDA when available)", "CUDA (GPU)", "CPU")
 
 
 def tr(text: str) -> str:
+    """The text translated in the "SAIG" context."""
     return QCoreApplication.translate("SAIG", text)
 
 
@@ -89,12 +89,15 @@ class SaigAlgorithm(QgsProcessingAlgorithm):
     """Shared plumbing: running the backend with progress/cancel, raster inputs, scratch folders."""
 
     def group(self) -> str:
+        """The toolbox group of every SAIG algorithm."""
         return tr("Cross-view geolocation")
 
     def groupId(self) -> str:
+        """The id of the toolbox group (``crossview``)."""
         return "crossview"
 
     def createInstance(self):
+        """A new instance of the same algorithm, as Processing requires for every run."""
         return type(self)()
 
     # -- helpers ----------------------------------------------------------------------------
@@ -107,8 +110,8 @@ class SaigAlgorithm(QgsProcessingAlgorithm):
         paths = []
         for layer in layers:
             if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
-                raise QgsProcessingException(
-                    tr("{} is not a file-based raster layer (GDAL); the backend reads GeoTIFF files.").format(layer.name()))
+                raise QgsProcessingException(tr("{} is not a file-based raster layer (GDAL); the backend reads "
+                                                "GeoTIFF files.").format(layer.name()))
             path = QgsProviderRegistry.instance().decodeUri("gdal", layer.source()).get("path") or layer.source()
             if not os.path.isfile(path):
                 raise QgsProcessingException(tr("{}: the raster file {} does not exist.").format(layer.name(), path))
@@ -126,18 +129,29 @@ class SaigAlgorithm(QgsProcessingAlgorithm):
                 path, os.path.dirname(path)))
 
     def positive(self, parameters: dict, name: str, context: QgsProcessingContext, label: str) -> float:
+        """A number parameter that must be greater than 0 (``label`` names it in the error)."""
         value = self.parameterAsDouble(parameters, name, context)
         if not value > 0:
             raise QgsProcessingException(tr("{} must be greater than 0 (got {}).").format(label, value))
         return value
 
     def device(self, parameters: dict, context: QgsProcessingContext) -> str:
+        """The backend's ``--device`` value chosen in the DEVICE parameter."""
         return DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]
 
     def add_device_parameter(self) -> None:
+        """The advanced DEVICE parameter (auto, CUDA, CPU)."""
         param = QgsProcessingParameterEnum("DEVICE", tr("Device"), options=list(DEVICE_LABELS), defaultValue=0)
         param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(param)
+
+    @staticmethod
+    def contract(feedback: QgsProcessingFeedback) -> dict:
+        """The backend's contract (``saig schema``, fetched once per backend): photo types, output columns."""
+        try:
+            return backend_contract(is_canceled=feedback.isCanceled)
+        except BackendError as e:  # missing or older backend, canceled: a message, never a traceback
+            raise QgsProcessingException(str(e)) from None
 
     @staticmethod
     def scratch_folder() -> str:
@@ -191,12 +205,15 @@ class TileOrthophotoAlgorithm(SaigAlgorithm):
     INPUT, CHIP_SIZE_M, STRIDE_M, OUTPUT = "INPUT", "CHIP_SIZE_M", "STRIDE_M", "OUTPUT"
 
     def name(self) -> str:
+        """The algorithm id within the provider (``saig:tileorthophoto``)."""
         return "tileorthophoto"
 
     def displayName(self) -> str:
+        """The name shown in the toolbox."""
         return tr("Tile orthophotos into chips")
 
     def shortHelpString(self) -> str:
+        """The help shown beside the algorithm's dialog."""
         return tr(
             "Cuts georeferenced orthophotos into square aerial chips of a fixed ground size on a metric grid "
             "(the raster's CRS when projected in metres, otherwise a UTM zone) and writes one footprint polygon "
@@ -206,6 +223,7 @@ class TileOrthophotoAlgorithm(SaigAlgorithm):
             "Runs the SAIG backend ('saig tile'); nothing is loaded into QGIS's own Python.")
 
     def initAlgorithm(self, config=None) -> None:
+        """Declare the parameters and outputs."""
         self.addParameter(QgsProcessingParameterMultipleLayers(
             self.INPUT, tr("Orthophotos"), QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterNumber(
@@ -217,6 +235,7 @@ class TileOrthophotoAlgorithm(SaigAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("CHIP_COUNT", tr("Number of chips")))
 
     def processAlgorithm(self, parameters, context, feedback):
+        """Validate the inputs, run the backend, then write the outputs."""
         rasters = self.raster_paths(parameters, self.INPUT, context)
         size = self.positive(parameters, self.CHIP_SIZE_M, context, tr("Chip size"))
         stride = self.positive(parameters, self.STRIDE_M, context, tr("Stride"))
@@ -248,25 +267,31 @@ class TileOrthophotoAlgorithm(SaigAlgorithm):
 class BuildIndexAlgorithm(SaigAlgorithm):
     """saig:buildindex — encode every chip with the aerial branch into a reference index folder."""
 
-    INPUT, CHECKPOINT, CHIP_SIZE_M, STRIDE_M, OUTPUT_DIR = "INPUT", "CHECKPOINT", "CHIP_SIZE_M", "STRIDE_M", "OUTPUT_DIR"
+    INPUT, CHECKPOINT, OUTPUT_DIR = "INPUT", "CHECKPOINT", "OUTPUT_DIR"
+    CHIP_SIZE_M, STRIDE_M = "CHIP_SIZE_M", "STRIDE_M"
 
     def name(self) -> str:
+        """The algorithm id within the provider (``saig:buildindex``)."""
         return "buildindex"
 
     def displayName(self) -> str:
+        """The name shown in the toolbox."""
         return tr("Build reference index")
 
     def shortHelpString(self) -> str:
+        """The help shown beside the algorithm's dialog."""
         return tr(
             "Cuts the orthophotos into chips (as 'Tile orthophotos into chips'), encodes every chip with the "
             "aerial branch of the SAIG checkpoint and writes a self-describing reference index folder "
-            "(FAISS index, chip manifest, metadata with the model fingerprint, chip parameters, CRS and checksums).\n\n"
+            "(FAISS index, chip manifest, metadata with the model fingerprint, chip parameters, CRS and "
+            "checksums).\n\n"
             "The index is what 'Geolocate photos' searches. Use the chip size the checkpoint was trained for "
             "(about the ground footprint of its aerial images). The folder appears only once the build is "
             "complete; an interrupted build continues where it stopped when run again with the same output.\n\n"
             "Runs the SAIG backend ('saig index build'); set the device to CUDA to use a GPU.")
 
     def initAlgorithm(self, config=None) -> None:
+        """Declare the parameters and outputs."""
         self.addParameter(QgsProcessingParameterMultipleLayers(
             self.INPUT, tr("Orthophotos"), QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterFile(
@@ -283,6 +308,7 @@ class BuildIndexAlgorithm(SaigAlgorithm):
         self.addOutput(QgsProcessingOutputString("CRS", tr("Chip grid CRS")))
 
     def processAlgorithm(self, parameters, context, feedback):
+        """Validate the inputs, run the backend, then write the outputs."""
         rasters = self.raster_paths(parameters, self.INPUT, context)
         checkpoint = self.parameterAsFile(parameters, self.CHECKPOINT, context)
         if not checkpoint or not os.path.isfile(checkpoint):
@@ -293,8 +319,8 @@ class BuildIndexAlgorithm(SaigAlgorithm):
         if not out_dir:
             raise QgsProcessingException(tr("Choose an index folder."))
         if os.path.isfile(out_dir) or (os.path.isdir(out_dir) and os.listdir(out_dir)):
-            raise QgsProcessingException(tr(
-                "{} already exists and is not empty: choose a new index folder (or delete the old one).").format(out_dir))
+            raise QgsProcessingException(tr("{} already exists and is not empty: choose a new index folder "
+                                            "(or delete the old one).").format(out_dir))
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # an empty folder (e.g. made by the dialog): the backend creates it when complete
         scratch = self.scratch_folder()
@@ -313,15 +339,39 @@ class BuildIndexAlgorithm(SaigAlgorithm):
                 "FINGERPRINT": str(result.get("fingerprint") or ""), "CRS": str(result.get("crs") or "")}
 
 
-def candidate_fields() -> QgsFields:
-    """Attributes of the 'SAIG candidates' layer (one point per photo and rank, EPSG:4326)."""
+#: ``saig schema`` column types -> QGIS field types
+_FIELD_TYPES = {"str": QVariant.String, "int": QVariant.Int, "float": QVariant.Double}
+#: Display fields the candidates layer adds around the backend's per-candidate fields
+_PHOTO_FIELDS, _HEATMAP_FIELD = ("photo", "photo_name"), "heatmap"
+
+
+def candidate_result_fields(contract: dict) -> list[tuple[str, str]]:
+    """(name, type) of the per-candidate fields of a ``locate --json`` result, from the backend's contract."""
+    types = contract["layers"]["candidates"]
+    return [(name, str(types.get(name, "str"))) for name in contract["candidate_result_fields"]
+            if name not in (*_PHOTO_FIELDS, _HEATMAP_FIELD)]
+
+
+def candidate_fields(contract: dict) -> QgsFields:
+    """Attributes of the 'SAIG candidates' layer (one point per photo and rank, EPSG:4326).
+
+    The photo and its file name, the backend's per-candidate fields (``saig schema``), the photo's heatmap.
+    """
     fields = QgsFields()
-    for name, kind in (("photo", QVariant.String), ("photo_name", QVariant.String), ("rank", QVariant.Int),
-                       ("score", QVariant.Double), ("chip_id", QVariant.String), ("lon", QVariant.Double),
-                       ("lat", QVariant.Double), ("x", QVariant.Double), ("y", QVariant.Double),
-                       ("distance_m", QVariant.Double), ("heatmap", QVariant.String)):
-        fields.append(QgsField(name, kind))
+    for name in _PHOTO_FIELDS:
+        fields.append(QgsField(name, QVariant.String))
+    for name, kind in candidate_result_fields(contract):
+        fields.append(QgsField(name, _FIELD_TYPES.get(kind, QVariant.String)))
+    fields.append(QgsField(_HEATMAP_FIELD, QVariant.String))
     return fields
+
+
+def _attribute(value, kind: str):
+    """A candidate's JSON value as an attribute of its contract type (None when missing)."""
+    if kind == "str":
+        return "" if value is None else str(value)
+    number = _number(value)
+    return int(number) if kind == "int" and number is not None else number
 
 
 def exif_fields() -> QgsFields:
@@ -333,18 +383,22 @@ def exif_fields() -> QgsFields:
     return fields
 
 
-def expand_photos(entries: list[str]) -> list[str]:
-    """Photo files from a list of files and folders (a folder: its images, sorted, not recursive)."""
+def expand_photos(entries: list[str], suffixes) -> list[str]:
+    """Photo files from a list of files and folders (a folder: its images, sorted, not recursive).
+
+    ``suffixes``: the photo types the backend reads (``saig schema``), e.g. ``[".jpg", ".webp"]``.
+    """
+    suffixes = sorted({str(suffix).lower() for suffix in suffixes})
     photos: list[str] = []
     for entry in entries:
         if not entry:
             continue
         if os.path.isdir(entry):
             found = sorted(str(p) for p in Path(entry).iterdir()
-                           if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+                           if p.is_file() and p.suffix.lower() in suffixes)
             if not found:
                 raise QgsProcessingException(tr("The folder {} contains no photos ({}).").format(
-                    entry, ", ".join(PHOTO_SUFFIXES)))
+                    entry, ", ".join(suffixes)))
             photos.extend(found)
         elif os.path.isfile(entry):
             photos.append(entry)
@@ -369,16 +423,20 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
     PRIOR_RADIUS_M, OUTPUT, EXIF_OUTPUT, HEATMAP_DIR = "PRIOR_RADIUS_M", "OUTPUT", "EXIF_OUTPUT", "HEATMAP_DIR"
 
     def name(self) -> str:
+        """The algorithm id within the provider (``saig:geolocatephotos``)."""
         return "geolocatephotos"
 
     def displayName(self) -> str:
+        """The name shown in the toolbox."""
         return tr("Geolocate photos")
 
     def shortHelpString(self) -> str:
+        """The help shown beside the algorithm's dialog."""
         return tr(
             "Where was this photo taken? Encodes each ground photo with the SAIG ground branch and searches the "
             "reference index for the most similar aerial chips.\n\n"
-            "Photos: JPEG/PNG/TIFF files, or a folder of them. Index: a folder made by 'Build reference index'. "
+            "Photos: image files of the types the backend reads ('saig schema' lists them), or a folder of them. "
+            "Index: a folder made by 'Build reference index'. "
             "Checkpoint: optional when the index records its checkpoint; a checkpoint of another model than "
             "the index's is refused. Top-k: candidates per photo. Prior radius: when set, only chips within this "
             "distance (m) of the photo's EXIF GPS position are searched.\n\n"
@@ -388,6 +446,7 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
             "A photo that cannot be read is reported in the log and the others are still located.")
 
     def initAlgorithm(self, config=None) -> None:
+        """Declare the parameters and outputs."""
         self.addParameter(QgsProcessingParameterMultipleLayers(
             self.PHOTOS, tr("Photos (files or a folder)"), QgsProcessing.TypeFile))
         self.addParameter(QgsProcessingParameterFile(
@@ -414,8 +473,8 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("PHOTOS_FAILED", tr("Photos that failed")))
 
     def processAlgorithm(self, parameters, context, feedback):
+        """Validate the inputs, run the backend, then write the outputs."""
         entries = [str(e) for e in self.parameterAsFileList(parameters, self.PHOTOS, context) if e]
-        photos = expand_photos(entries)  # validates and counts; folders go to the backend as folders
         index = self.parameterAsFile(parameters, self.INDEX, context)
         if not index or not os.path.isdir(index):
             raise QgsProcessingException(tr("The index folder {} does not exist.").format(index or "(none)"))
@@ -433,6 +492,8 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
         heatmap_dir = ""
         if parameters.get(self.HEATMAP_DIR) not in (None, ""):
             heatmap_dir = self.parameterAsFileOutput(parameters, self.HEATMAP_DIR, context)
+        contract = self.contract(feedback)
+        photos = expand_photos(entries, contract["photo_suffixes"])  # validates and counts; folders stay folders
 
         scratch = self.scratch_folder()
         try:
@@ -457,7 +518,7 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
             if not photo_results:
                 raise QgsProcessingException(format_errors(run.errors) or tr("The backend located no photo."))
             heatmaps = self._heatmap_destinations(photo_results, heatmap_dir) if heatmap_dir else {}
-            outputs = self._write_outputs(parameters, context, photo_results, heatmaps)
+            outputs = self._write_outputs(parameters, context, contract, photo_results, heatmaps)
             if heatmaps:
                 os.makedirs(heatmap_dir, exist_ok=True)
                 for src, dst in heatmaps.items():
@@ -481,24 +542,24 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
                 style_on_load(context, path, "heatmap")
         return outputs
 
-    def _write_outputs(self, parameters, context, photo_results: list[dict], heatmaps: dict) -> dict:
+    def _write_outputs(self, parameters, context, contract: dict, photo_results: list[dict],
+                       heatmaps: dict) -> dict:
         wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
-        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, candidate_fields(),
-                                             QgsWkbTypes.Point, wgs84)
+        fields, result_fields = candidate_fields(contract), candidate_result_fields(contract)
+        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.Point, wgs84)
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
         for result in photo_results:
             photo = str(result.get("photo", ""))
             heatmap = heatmaps.get(result.get("heatmap") or "", "")
             for c in result.get("candidates") or []:
-                f = QgsFeature(candidate_fields())
+                f = QgsFeature(fields)
                 lon, lat = _number(c.get("lon")), _number(c.get("lat"))
                 if lon is None or lat is None:
                     continue
                 f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(lon, lat)))
-                f.setAttributes([photo, os.path.basename(photo), int(c.get("rank") or 0), _number(c.get("score")),
-                                 str(c.get("chip_id", "")), lon, lat, _number(c.get("x")), _number(c.get("y")),
-                                 _number(c.get("distance_m")), heatmap])
+                f.setAttributes([photo, os.path.basename(photo),
+                                 *(_attribute(c.get(name), kind) for name, kind in result_fields), heatmap])
                 sink.addFeature(f, QgsFeatureSink.FastInsert)
         outputs = {self.OUTPUT: dest_id}
         exif_sink, exif_id = self.parameterAsSink(parameters, self.EXIF_OUTPUT, context, exif_fields(),

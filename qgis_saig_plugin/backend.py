@@ -54,7 +54,14 @@ _POLL_S = 0.1
 
 
 class BackendError(Exception):
-    """A failure of the backend, with a message a user can act on (no traceback needed)."""
+    """A failure of the backend, with a message a user can act on (no traceback needed).
+
+    ``returncode`` is the backend's exit code when it exited with a failure, else None.
+    """
+
+    def __init__(self, message: str, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.returncode = returncode
 
 
 class BackendCanceled(BackendError):
@@ -70,6 +77,7 @@ class BackendLocation:
 
     @property
     def executable(self) -> str:
+        """The program that is started: the backend's Python or its ``saig`` script."""
         return self.command[0]
 
 
@@ -221,58 +229,17 @@ def run_backend(
     """
     location = location or locate_backend()
     _check_executable(location)
-    command = [*location.command, "--progress", "json", *map(str, args)]
-    popen_kwargs = {}
-    if os.name == "posix":
-        popen_kwargs["start_new_session"] = True
-    else:
-        popen_kwargs["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
-    try:
-        proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, encoding="utf-8", errors="replace", bufsize=1,
-            env=clean_environment(), cwd=cwd or os.path.expanduser("~"), **popen_kwargs,
-        )
-    except OSError as e:
-        raise BackendError(f"Could not start the SAIG backend {location.executable} "
-                           f"(from {location.source}): {e.strerror or e}. {HOW_TO_FIX}") from None
-
+    proc = _start_child(location, args, cwd)
     lines: queue.Queue = queue.Queue()
     readers = [threading.Thread(target=_pump, args=(proc.stdout, lines, "out"), daemon=True),
                threading.Thread(target=_pump, args=(proc.stderr, lines, "err"), daemon=True)]
     for t in readers:
         t.start()
-
     run = BackendRun(returncode=0)
     stderr_tail: deque = deque(maxlen=200)
-    open_streams = 2
     try:
-        while open_streams:
-            if is_canceled is not None and is_canceled():
-                raise BackendCanceled("Canceled: the SAIG backend was stopped and nothing was written.")
-            try:
-                tag, line = lines.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-            if line is None:
-                open_streams -= 1
-                continue
-            if tag == "err":
-                stderr_tail.append(line)
-                if on_stderr is not None:
-                    on_stderr(line)
-                continue
-            event = _parse_event(line)
-            if event.get("event") == "result":
-                run.results.append(event)
-            elif event.get("event") == "error":
-                run.errors.append(event)
-            if on_event is not None:
-                on_event(event)
-        while proc.poll() is None:
-            if is_canceled is not None and is_canceled():
-                raise BackendCanceled("Canceled: the SAIG backend was stopped and nothing was written.")
-            time.sleep(_POLL_S)
+        _read_events(lines, run, stderr_tail, on_event, on_stderr, is_canceled)
+        _wait_for_exit(proc, is_canceled)
     except BaseException:
         _terminate(proc)
         raise
@@ -283,12 +250,76 @@ def run_backend(
         proc.stderr.close()
     run.returncode = proc.returncode
     run.stderr_tail = "\n".join(stderr_tail)
+    _check_outcome(run, location)
+    return run
+
+
+def _start_child(location: BackendLocation, args: Sequence[str], cwd: str | None) -> subprocess.Popen:
+    """Start ``saig --progress json ARGS`` in its own process group, with a cleaned environment."""
+    command = [*location.command, "--progress", "json", *map(str, args)]
+    popen_kwargs = {}
+    if os.name == "posix":
+        popen_kwargs["start_new_session"] = True
+    else:
+        popen_kwargs["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+    try:
+        return subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, encoding="utf-8", errors="replace", bufsize=1,
+            env=clean_environment(), cwd=cwd or os.path.expanduser("~"), **popen_kwargs,
+        )
+    except OSError as e:
+        raise BackendError(f"Could not start the SAIG backend {location.executable} "
+                           f"(from {location.source}): {e.strerror or e}. {HOW_TO_FIX}") from None
+
+
+def _raise_if_canceled(is_canceled: Callable[[], bool] | None) -> None:
+    if is_canceled is not None and is_canceled():
+        raise BackendCanceled("Canceled: the SAIG backend was stopped and nothing was written.")
+
+
+def _read_events(lines: queue.Queue, run: BackendRun, stderr_tail: deque,
+                 on_event: Callable[[dict], None] | None, on_stderr: Callable[[str], None] | None,
+                 is_canceled: Callable[[], bool] | None) -> None:
+    """Read both streams until they close: stdout lines become events, stderr lines the tail."""
+    open_streams = 2
+    while open_streams:
+        _raise_if_canceled(is_canceled)
+        try:
+            tag, line = lines.get(timeout=_POLL_S)
+        except queue.Empty:
+            continue
+        if line is None:
+            open_streams -= 1
+            continue
+        if tag == "err":
+            stderr_tail.append(line)
+            if on_stderr is not None:
+                on_stderr(line)
+            continue
+        event = _parse_event(line)
+        if event.get("event") == "result":
+            run.results.append(event)
+        elif event.get("event") == "error":
+            run.errors.append(event)
+        if on_event is not None:
+            on_event(event)
+
+
+def _wait_for_exit(proc: subprocess.Popen, is_canceled: Callable[[], bool] | None) -> None:
+    """Wait for the child to exit once its streams are closed, still honouring cancel."""
+    while proc.poll() is None:
+        _raise_if_canceled(is_canceled)
+        time.sleep(_POLL_S)
+
+
+def _check_outcome(run: BackendRun, location: BackendLocation) -> None:
+    """Raise BackendError when the child was killed, or failed without producing any result."""
     killed = run.returncode < 0 or run.returncode == 128 + signal.SIGKILL
     if killed or (run.returncode != 0 and not run.results):
         if run.errors and run.returncode == 1:
-            raise BackendError(format_errors(run.errors))
-        raise BackendError(describe_exit(run.returncode, location, run.stderr_tail))
-    return run
+            raise BackendError(format_errors(run.errors), run.returncode)
+        raise BackendError(describe_exit(run.returncode, location, run.stderr_tail), run.returncode)
 
 
 def _parse_event(line: str) -> dict:
@@ -322,6 +353,57 @@ def backend_info(location: BackendLocation | None = None, checkpoint: str = "",
     if not run.results:
         raise BackendError("The SAIG backend answered backend-info without a result.")
     return run.results[-1]
+
+
+#: What the plugin takes from ``saig schema --json``; see :func:`backend_contract`.
+CONTRACT_KEYS = ("photo_suffixes", "layers", "candidate_result_fields")
+
+_CONTRACTS: dict[tuple[str, ...], dict] = {}  # backend command -> its contract, for the session
+_CONTRACTS_LOCK = threading.Lock()
+
+
+def cached_contract(location: BackendLocation) -> dict | None:
+    """The contract of this backend when it has been fetched already (never starts the backend)."""
+    with _CONTRACTS_LOCK:
+        return _CONTRACTS.get(location.command)
+
+
+def backend_contract(location: BackendLocation | None = None,
+                     is_canceled: Callable[[], bool] | None = None) -> dict:
+    """``saig schema --json``: the photo types the backend reads, its devices and output columns.
+
+    Fetched once per backend (its command) and kept for the session, so the plugin keeps no copy of
+    these facts. A backend older than the ``schema`` command raises a BackendError saying to update it.
+    """
+    location = location or locate_backend()
+    with _CONTRACTS_LOCK:
+        if location.command not in _CONTRACTS:
+            _CONTRACTS[location.command] = _fetch_contract(location, is_canceled)
+        return _CONTRACTS[location.command]
+
+
+def _fetch_contract(location: BackendLocation, is_canceled: Callable[[], bool] | None) -> dict:
+    backend = f"The SAIG backend {location.executable} (from {location.source})"
+    update = "Update saig-geolocate in the backend environment."
+    try:
+        run = run_backend(["schema", "--json"], location=location, is_canceled=is_canceled)
+    except BackendCanceled:
+        raise
+    except BackendError as e:
+        if e.returncode == 2:  # argparse: invalid choice 'schema'
+            raise BackendError(f"{backend} is older than this plugin: it does not know 'saig schema', which "
+                               f"tells the plugin the photo types it reads and the columns it writes. {update}",
+                               e.returncode) from None
+        raise
+    contract = run.results[-1] if run.results else {}
+    missing = [key for key in CONTRACT_KEYS if not contract.get(key)]
+    layers = contract.get("layers")
+    if not missing and not (isinstance(layers, dict) and isinstance(layers.get("candidates"), dict)):
+        missing = ["layers.candidates"]
+    if missing:
+        raise BackendError(f"{backend} answered 'saig schema' without {', '.join(missing)}: it does not "
+                           f"match this plugin. {update}")
+    return contract
 
 
 def describe_backend_info(info: dict) -> str:

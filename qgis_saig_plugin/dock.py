@@ -9,6 +9,7 @@ the layers selected in the Layers panel) rather than ``iface``, so it can be dri
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -32,6 +33,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsDockWidget, QgsDoubleSpinBox, QgsFileWidget, QgsMapCanvas, QgsMessageBar, QgsSpinBox
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QSize, Qt, pyqtSignal
 from qgis.PyQt.QtGui import QIcon, QImageReader, QPixmap
 from qgis.PyQt.QtWidgets import (
@@ -56,7 +58,9 @@ from . import styles
 from .algorithms import DEVICE_LABELS, DEVICES
 from .backend import (
     BackendError,
+    backend_contract,
     backend_info,
+    cached_contract,
     configured_python,
     describe_backend_info,
     locate_backend,
@@ -66,6 +70,7 @@ from .backend import (
 THUMB_SIZE = QSize(64, 48)
 SETTINGS_PREFIX = "saig/dock/"
 TABLE_COLUMNS = ("Photo", "Rank", "Score", "Dist. EXIF (m)", "Lon", "Lat")
+ALL_FILES = "All files (*)"
 
 
 class _Feedback(QgsProcessingFeedback):
@@ -117,6 +122,8 @@ class SaigDock(QgsDockWidget):
         self.selected_layers = selected_layers
         self.job: _Job | None = None
         self.info_task: QgsTask | None = None
+        self.contract_task: QgsTask | None = None
+        self._contract_backend = None
         self.candidates_layer: QgsVectorLayer | None = None
         self.exif_layer: QgsVectorLayer | None = None
         self.heatmap_layers: dict[str, QgsRasterLayer] = {}
@@ -129,9 +136,21 @@ class SaigDock(QgsDockWidget):
     def _build_ui(self) -> None:
         body = QWidget()
         layout = QVBoxLayout(body)
+        layout.addWidget(self._build_backend_box())
+        layout.addWidget(self._build_reference_box())
+        layout.addWidget(self._build_photos_box())
+        layout.addLayout(self._build_run_row())
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        layout.addWidget(self._build_table(), 1)
+        self.setWidget(body)
+        self._connect_widgets()
 
-        backend_box = QGroupBox("Backend")
-        form = QFormLayout(backend_box)
+    def _build_backend_box(self) -> QGroupBox:
+        """Backend: its Python, "Check backend" and what the check found."""
+        box = QGroupBox("Backend")
+        form = QFormLayout(box)
         self.backend_python = QgsFileWidget()
         self.backend_python.setStorageMode(QgsFileWidget.GetFile)
         self.backend_python.setDialogTitle("Python of the SAIG backend environment")
@@ -145,10 +164,12 @@ class SaigDock(QgsDockWidget):
         row.addWidget(self.check_backend_button)
         row.addWidget(self.backend_status, 1)
         form.addRow(row)
-        layout.addWidget(backend_box)
+        return box
 
-        index_box = QGroupBox("Reference")
-        form = QFormLayout(index_box)
+    def _build_reference_box(self) -> QGroupBox:
+        """Reference: the index folder, building one from selected rasters, the checkpoint."""
+        box = QGroupBox("Reference")
+        form = QFormLayout(box)
         self.index_dir = QgsFileWidget()
         self.index_dir.setStorageMode(QgsFileWidget.GetDirectory)
         self.index_dir.setDialogTitle("Reference index folder")
@@ -171,13 +192,14 @@ class SaigDock(QgsDockWidget):
         self.checkpoint.setDialogTitle("SAIG checkpoint")
         self.checkpoint.lineEdit().setPlaceholderText("as recorded in the index")
         form.addRow("Checkpoint", self.checkpoint)
-        layout.addWidget(index_box)
+        return box
 
-        run_box = QGroupBox("Photos")
-        form = QFormLayout(run_box)
+    def _build_photos_box(self) -> QGroupBox:
+        """Photos: the photos (types from the backend's contract), top-k, device, prior, results folder."""
+        box = QGroupBox("Photos")
+        form = QFormLayout(box)
         self.photos = QgsFileWidget()
         self.photos.setStorageMode(QgsFileWidget.GetMultipleFiles)
-        self.photos.setFilter("Photos (*.jpg *.jpeg *.png *.tif *.tiff *.JPG *.JPEG *.PNG);;All files (*)")
         self.photos.setDialogTitle("Ground photos")
         form.addRow("Photos", self.photos)
         self.top_k = QgsSpinBox()
@@ -207,8 +229,10 @@ class SaigDock(QgsDockWidget):
         self.results_dir.setStorageMode(QgsFileWidget.GetDirectory)
         self.results_dir.lineEdit().setPlaceholderText("temporary")
         form.addRow("Save results in", self.results_dir)
-        layout.addWidget(run_box)
+        return box
 
+    def _build_run_row(self) -> QHBoxLayout:
+        """Run, Cancel and the progress bar."""
         row = QHBoxLayout()
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
@@ -219,11 +243,10 @@ class SaigDock(QgsDockWidget):
         row.addWidget(self.run_button)
         row.addWidget(self.cancel_button)
         row.addWidget(self.progress, 1)
-        layout.addLayout(row)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
+        return row
 
+    def _build_table(self) -> QTableWidget:
+        """The candidates table: one row per photo and rank, with a thumbnail of the photo."""
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
         self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
@@ -235,9 +258,9 @@ class SaigDock(QgsDockWidget):
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
         for col in range(1, len(TABLE_COLUMNS)):
             self.table.horizontalHeader().setSectionResizeMode(col, QHeaderView.ResizeToContents)
-        layout.addWidget(self.table, 1)
-        self.setWidget(body)
+        return self.table
 
+    def _connect_widgets(self) -> None:
         self.check_backend_button.clicked.connect(self.check_backend)
         self.build_button.clicked.connect(self.build_index)
         self.run_button.clicked.connect(self.run)
@@ -250,6 +273,7 @@ class SaigDock(QgsDockWidget):
         s = QgsSettings()
         self.backend_python.setFilePath(configured_python())
         self._show_backend_placeholder()
+        self._load_contract()
         self.index_dir.setFilePath(s.value(SETTINGS_PREFIX + "index", "", type=str))
         self.checkpoint.setFilePath(s.value(SETTINGS_PREFIX + "checkpoint", "", type=str))
         self.top_k.setValue(s.value(SETTINGS_PREFIX + "top_k", 20, type=int))
@@ -265,6 +289,7 @@ class SaigDock(QgsDockWidget):
     def _backend_changed(self, path: str) -> None:
         set_configured_python(path)
         self._show_backend_placeholder()
+        self._load_contract()
 
     def _show_backend_placeholder(self) -> None:
         try:
@@ -273,6 +298,39 @@ class SaigDock(QgsDockWidget):
         except BackendError:
             text = "not found: choose the backend's Python"
         self.backend_python.lineEdit().setPlaceholderText(text)
+
+    def _load_contract(self) -> None:
+        """Take the photo types from the backend's contract (``saig schema``): at once when it is known,
+        else from a background task. A backend that cannot answer says why in the backend status."""
+        self._contract_backend = None
+        self.photos.setFilter(ALL_FILES)  # until this backend says which photo types it reads
+        try:
+            location = locate_backend()
+        except BackendError:
+            return  # the placeholder says so; a run reports it
+        self._contract_backend = location
+        known = cached_contract(location)
+        if known is not None:
+            self._apply_contract(known)
+            return
+
+        def work(task):
+            return backend_contract(location)
+
+        def done(exception, result=None):
+            if sip.isdeleted(self) or self._contract_backend != location:
+                return  # the dock is gone, or another backend was chosen meanwhile
+            self.contract_task = None
+            if exception is not None or result is None:
+                self.backend_status.setText(str(exception) if exception is not None else "no answer to saig schema")
+                return
+            self._apply_contract(result)
+
+        self.contract_task = QgsTask.fromFunction("Read what the SAIG backend accepts", work, on_finished=done)
+        QgsApplication.taskManager().addTask(self.contract_task)
+
+    def _apply_contract(self, contract: dict) -> None:
+        self.photos.setFilter(photo_filter(contract["photo_suffixes"]))
 
     def _message(self, title: str, text: str, level=Qgis.Info, duration: int = 8) -> None:
         self.status.setText(f"{title}: {text}" if text else title)
@@ -347,6 +405,7 @@ class SaigDock(QgsDockWidget):
             self.job.feedback.cancel()
 
     def is_running(self) -> bool:
+        """Whether an algorithm started by the dock is still running."""
         return self.job is not None
 
     def _executed(self, job: _Job, ok: bool, results: dict) -> None:
@@ -568,10 +627,14 @@ def _thumbnail(path: str) -> QIcon:
 
 def _remove_if_empty(folder: str) -> None:
     """Remove a run's folder when the run wrote nothing into it (canceled or failed)."""
-    try:
+    with contextlib.suppress(OSError):
         os.rmdir(folder)
-    except OSError:
-        pass
+
+
+def photo_filter(suffixes) -> str:
+    """The file dialog filter for the photo types the backend reads, in lower and upper case."""
+    patterns = [f"*{case(str(suffix))}" for suffix in suffixes for case in (str.lower, str.upper)]
+    return f"Photos ({' '.join(dict.fromkeys(patterns))});;{ALL_FILES}"
 
 
 def _last_error(errors: list[str]) -> str:

@@ -21,11 +21,13 @@ class SaigPlugin:
         self.actions: list[QAction] = []
 
     def initProcessing(self) -> None:
+        """Register the "SAIG" Processing provider (also headless, in qgis_process)."""
         if self.provider is None:
             self.provider = SaigProvider()
             QgsApplication.processingRegistry().addProvider(self.provider)
 
     def initGui(self) -> None:
+        """Add the dock (hidden), its toolbar button and the menu entries."""
         self.initProcessing()
         if self.iface is None:
             return
@@ -53,6 +55,7 @@ class SaigPlugin:
         self.dock.check_backend()
 
     def unload(self) -> None:
+        """Remove everything initGui and initProcessing added; a running job is canceled."""
         for action in self.actions:
             self.iface.removePluginMenu(MENU, action)
             self.iface.removeToolBarIcon(action)

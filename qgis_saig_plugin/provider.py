@@ -15,17 +15,22 @@ class SaigProvider(QgsProcessingProvider):
     """Provider id ``saig``; algorithm ids ``saig:tileorthophoto``, ``saig:buildindex``, ``saig:geolocatephotos``."""
 
     def id(self) -> str:
+        """The provider id (``saig``), the prefix of its algorithm ids."""
         return "saig"
 
     def name(self) -> str:
+        """The short name shown in the toolbox."""
         return "SAIG"
 
     def longName(self) -> str:
+        """The descriptive name shown in the toolbox."""
         return "SAIG cross-view geolocation"
 
     def icon(self) -> QIcon:
+        """The plugin icon."""
         return QIcon(ICON_PATH)
 
     def loadAlgorithms(self) -> None:
+        """Add the three SAIG algorithms."""
         for algorithm in (TileOrthophotoAlgorithm(), BuildIndexAlgorithm(), GeolocatePhotosAlgorithm()):
             self.addAlgorithm(algorithm)

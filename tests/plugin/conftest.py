@@ -137,6 +137,18 @@ def run_backend_cli(*args: str, check: bool = True) -> subprocess.CompletedProce
     return proc
 
 
+def write_backend_without_schema(path: Path) -> Path:
+    """An executable standing in for a backend older than ``saig schema`` (argparse refuses the command)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n"
+                    "echo 'usage: saig [-h] [--version] [--progress {auto,bar,json,none}] COMMAND ...' >&2\n"
+                    "echo \"saig: error: argument COMMAND: invalid choice: 'schema' (choose from 'info', "
+                    "'backend-info', 'tile', 'index', 'locate')\" >&2\n"
+                    "exit 2\n")
+    path.chmod(0o755)
+    return path
+
+
 def write_ortho(path: Path, seed: int = 1) -> None:
     """A 256 x 256 m RGB GeoTIFF in UTM 33N: random 16 m fields with soft shading, so every chip differs."""
     from osgeo import gdal, osr

@@ -39,7 +39,8 @@ def photo(path: str, seed: int, size: tuple, gps) -> None:
 
 
 def main() -> None:
-    spec = json.load(open(sys.argv[1]))
+    with open(sys.argv[1]) as f:
+        spec = json.load(f)
     if spec.get("checkpoints"):
         import torch
 

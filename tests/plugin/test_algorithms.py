@@ -4,11 +4,21 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import stat
 import struct
+import subprocess
 
 import pytest
-from conftest import CHIP_M, ORTHO_CRS, ORTHO_ORIGIN, ORTHO_PIXELS, STRIDE_M, run_backend_cli
+from conftest import (
+    CHIP_M,
+    ORTHO_CRS,
+    ORTHO_ORIGIN,
+    ORTHO_PIXELS,
+    STRIDE_M,
+    run_backend_cli,
+    write_backend_without_schema,
+)
 from qgis.core import (
     QgsApplication,
     QgsDistanceArea,
@@ -20,6 +30,8 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
+
+from qgis_saig_plugin import backend
 
 ORTHO_EXTENT = (ORTHO_ORIGIN[0], ORTHO_ORIGIN[1] - ORTHO_PIXELS, ORTHO_ORIGIN[0] + ORTHO_PIXELS, ORTHO_ORIGIN[1])
 
@@ -79,8 +91,8 @@ def test_provider_offers_the_three_algorithms_with_help_and_exact_parameters():
         assert [p.name() for p in algorithm.parameterDefinitions()] == names
         assert len(algorithm.shortHelpString()) > 100
     geolocate = registry.algorithmById("saig:geolocatephotos")
-    assert geolocate.parameterDefinition("CHECKPOINT").flags() & geolocate.parameterDefinition("CHECKPOINT").FlagOptional
-    assert geolocate.parameterDefinition("PRIOR_RADIUS_M").flags() & geolocate.parameterDefinition("PRIOR_RADIUS_M").FlagOptional
+    for name in ("CHECKPOINT", "PRIOR_RADIUS_M"):
+        assert geolocate.parameterDefinition(name).flags() & geolocate.parameterDefinition(name).FlagOptional
 
 
 def test_tileorthophoto_writes_the_chip_footprints_of_the_cli(assets, tmp_path):
@@ -89,7 +101,8 @@ def test_tileorthophoto_writes_the_chip_footprints_of_the_cli(assets, tmp_path):
         "INPUT": [str(assets.ortho)], "CHIP_SIZE_M": CHIP_M, "STRIDE_M": STRIDE_M, "OUTPUT": out})
     assert ok, feedback.errors
     cli = json.loads(run_backend_cli("tile", str(assets.ortho), "--chip-size-m", str(CHIP_M), "--stride-m",
-                                     str(STRIDE_M), "--out", str(tmp_path / "cli.gpkg"), "--json").stdout.splitlines()[-1])
+                                     str(STRIDE_M), "--out", str(tmp_path / "cli.gpkg"),
+                                     "--json").stdout.splitlines()[-1])
     layer = QgsVectorLayer(results["OUTPUT"], "chips", "ogr")
     assert layer.crs().authid() == ORTHO_CRS == cli["crs"]
     assert QgsWkbTypes.geometryType(layer.wkbType()) == QgsWkbTypes.PolygonGeometry
@@ -181,6 +194,50 @@ def test_geolocatephotos_ranks_candidates_for_every_photo_of_a_folder(world, tmp
         photo = next(p for p in world.photos if os.path.splitext(os.path.basename(p))[0] in stem)
         best = min(by_photo[photo], key=lambda f: f["rank"])
         assert_heatmap_peaks_at(path, best["x"], best["y"])
+
+
+def test_geolocatephotos_takes_photo_types_and_candidate_fields_from_the_backend(world, backend_python, tmp_path,
+                                                                                monkeypatch):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(world.photos[0], folder / "a.jpg")
+    subprocess.run([str(backend_python), "-c", "import sys; from PIL import Image; "
+                    "Image.open(sys.argv[1]).save(sys.argv[2])", world.photos[1], str(folder / "b.webp")],
+                   check=True, timeout=120)
+    (folder / "notes.txt").write_text("not a photo")
+    asked = []
+    real_run_backend = backend.run_backend
+
+    def recording_run_backend(args, **kwargs):
+        asked.append([str(a) for a in args])
+        return real_run_backend(args, **kwargs)
+
+    monkeypatch.setattr(backend, "_CONTRACTS", {})  # as in a session that has not asked this backend yet
+    monkeypatch.setattr(backend, "run_backend", recording_run_backend)
+    ok, results, feedback = _geolocate(world, tmp_path, PHOTOS=[str(folder)], TOP_K=2)
+    assert ok, feedback.errors
+    assert ["schema", "--json"] in asked  # the plugin asked the backend what it reads and writes
+    contract = backend.backend_contract()
+    assert ".webp" in contract["photo_suffixes"]
+    assert results["PHOTOS_LOCATED"] == 2 and results["PHOTOS_FAILED"] == 0
+    layer = QgsVectorLayer(results["OUTPUT"], "candidates", "ogr")
+    assert {f["photo"] for f in layer.getFeatures()} == {str(folder / "a.jpg"), str(folder / "b.webp")}
+    names = [n for n in layer.fields().names() if n != "fid"]
+    assert names == ["photo", "photo_name", *contract["candidate_result_fields"], "heatmap"]
+    assert asked.count(["schema", "--json"]) == 1
+    ok, _, feedback = _geolocate(world, tmp_path, PHOTOS=[str(folder / "a.jpg")], TOP_K=1,
+                                 OUTPUT=str(tmp_path / "again.gpkg"))
+    assert ok, feedback.errors
+    assert asked.count(["schema", "--json"]) == 1  # once per backend, not once per run
+
+
+def test_a_backend_older_than_saig_schema_fails_with_a_clear_message(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAIG_PYTHON", str(write_backend_without_schema(tmp_path / "old" / "bin" / "python")))
+    ok, _, feedback = _geolocate(world, tmp_path)
+    assert not ok and not (tmp_path / "candidates.gpkg").exists()
+    message = "\n".join(feedback.errors)
+    assert "older than this plugin" in message and "Update saig-geolocate" in message, message
+    assert "Traceback" not in message
 
 
 def assert_heatmap_peaks_at(path: str, x: float, y: float) -> None:
@@ -305,7 +362,8 @@ def test_missing_backend_fails_with_the_fix_and_no_output(assets, tmp_path, monk
 
 def test_killed_backend_during_index_build_is_probably_out_of_memory(assets, tmp_path, monkeypatch):
     fake = tmp_path / "python"
-    fake.write_text("#!/bin/sh\necho '{\"event\": \"progress\", \"stage\": \"encode\", \"fraction\": 0.2}'\nkill -9 $$\n")
+    fake.write_text("#!/bin/sh\n"
+                    "echo '{\"event\": \"progress\", \"stage\": \"encode\", \"fraction\": 0.2}'\nkill -9 $$\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("SAIG_PYTHON", str(fake))
     out = tmp_path / "index"

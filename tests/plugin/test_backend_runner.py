@@ -1,12 +1,14 @@
 """The backend subprocess: where it is found, its environment, JSON lines, cancel, and failures."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 import time
 from pathlib import Path
 
 import pytest
+from conftest import write_backend_without_schema
 
 from qgis_saig_plugin import backend
 from qgis_saig_plugin.backend import BackendCanceled, BackendError, BackendLocation, run_backend
@@ -106,7 +108,8 @@ def test_missing_backend_is_a_clear_message_with_the_fix(tmp_path):
 
 def test_python_without_the_project_installed_is_explained(tmp_path):
     with pytest.raises(BackendError, match="saig-geolocate is not installed"):
-        run_backend(["backend-info", "--json"], location=BackendLocation(("/usr/bin/python3", "-m", "saig_core"), "test"))
+        run_backend(["backend-info", "--json"],
+                    location=BackendLocation(("/usr/bin/python3", "-m", "saig_core"), "test"))
 
 
 def test_killed_backend_is_reported_as_probably_out_of_memory(tmp_path):
@@ -160,3 +163,44 @@ def test_a_cuda_backend_is_described_with_its_gpu():
             "model": {"preset": "saig_s", "pool": "smd", "descriptor_dim": 3072}}
     assert backend.describe_backend_info(info) == \
         "saig 0.1.0 · torch 2.13.0+cu126 · CUDA (NVIDIA H100 80GB HBM3) · model saig_s smd 3072-d"
+
+
+CONTRACT = {"event": "result", "photo_suffixes": [".jpg", ".heic"], "devices": ["auto", "cpu"],
+            "precisions": ["auto"], "index_kinds": ["auto"],
+            "layers": {"candidates": {"photo": "str", "rank": "int"}, "photos": {"photo": "str"}},
+            "candidate_result_fields": ["rank"]}
+
+
+def test_the_contract_is_asked_once_per_backend_and_kept(tmp_path):
+    calls = tmp_path / "calls"
+    script = fake_backend(tmp_path, f"""echo "$*" >> {calls}\necho '{json.dumps(CONTRACT)}'""")
+    location = BackendLocation((str(script),), "test")
+    assert backend.cached_contract(location) is None
+    first = backend.backend_contract(location)
+    assert first["photo_suffixes"] == [".jpg", ".heic"] and first["candidate_result_fields"] == ["rank"]
+    assert backend.backend_contract(location) is first and backend.cached_contract(location) is first
+    assert calls.read_text().splitlines() == ["--progress json schema --json"]  # asked once
+
+
+def test_a_backend_without_saig_schema_is_told_to_update_not_a_traceback(tmp_path):
+    script = write_backend_without_schema(tmp_path / "old" / "python")
+    location = BackendLocation((str(script), "-m", "saig_core"), "test")
+    with pytest.raises(BackendError) as err:
+        backend.backend_contract(location)
+    message = str(err.value)
+    assert "older than this plugin" in message and "saig schema" in message and str(script) in message
+    assert "Update saig-geolocate" in message and "Traceback" not in message
+    assert backend.cached_contract(location) is None  # asked again once it is updated
+
+
+def test_an_answer_without_the_photo_types_is_refused(tmp_path):
+    script = fake_backend(tmp_path, """echo '{"event": "result", "devices": ["cpu"]}'""")
+    with pytest.raises(BackendError, match="without photo_suffixes, layers, candidate_result_fields"):
+        backend.backend_contract(BackendLocation((str(script),), "test"))
+
+
+def test_the_real_backend_reports_photo_types_and_candidate_fields(backend_python):
+    contract = backend.backend_contract(BackendLocation((str(backend_python), "-m", "saig_core"), "test"))
+    assert {".jpg", ".png", ".webp"} <= set(contract["photo_suffixes"])
+    assert {"rank", "score", "lon", "lat"} <= set(contract["candidate_result_fields"])
+    assert set(contract["candidate_result_fields"]) <= set(contract["layers"]["candidates"])

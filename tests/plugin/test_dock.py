@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import CHIP_M, ORTHO_CRS, STRIDE_M, SignalRecorder, wait_until
+from conftest import CHIP_M, ORTHO_CRS, STRIDE_M, SignalRecorder, wait_until, write_backend_without_schema
 from qgis.core import (
     QgsColorRampShader,
     QgsCoordinateReferenceSystem,
@@ -92,6 +92,22 @@ def test_check_backend_reports_version_torch_and_device(dock, assets):
     assert ok, text
     assert "torch 2." in text and "CPU" in text and "saig_micro" in text
     assert "torch 2." in dock.backend_status.text()
+
+
+def test_the_photo_dialog_offers_the_photo_types_the_backend_reads(dock, backend_python):
+    contract = backend.backend_contract()
+    wait_until(lambda: dock.photos.filter().startswith("Photos ("), 30, "the backend's photo types")
+    offered = dock.photos.filter()
+    assert "*.webp" in offered and "*.JPG" in offered
+    for suffix in contract["photo_suffixes"]:
+        assert f"*{suffix} " in offered or f"*{suffix})" in offered
+
+
+def test_a_backend_older_than_saig_schema_is_explained_in_the_backend_status(dock, tmp_path):
+    dock.backend_python.setFilePath(str(write_backend_without_schema(tmp_path / "old" / "bin" / "python")))
+    wait_until(lambda: "older than this plugin" in dock.backend_status.text(), 30, "the explanation")
+    assert "Update saig-geolocate" in dock.backend_status.text()
+    assert dock.photos.filter() == "All files (*)"
 
 
 def test_check_backend_with_a_missing_python_explains_the_fix(dock, tmp_path):
@@ -221,7 +237,8 @@ def test_a_failing_run_shows_the_reason_and_adds_no_layer(dock, world, tmp_path)
 def test_a_killed_backend_is_reported_as_probably_out_of_memory_and_adds_nothing(dock, world, tmp_path):
     fake = tmp_path / "bin" / "python"
     fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho '{\"event\": \"progress\", \"stage\": \"locate\", \"fraction\": 0.1}'\nkill -9 $$\n")
+    fake.write_text("#!/bin/sh\n"
+                    "echo '{\"event\": \"progress\", \"stage\": \"locate\", \"fraction\": 0.1}'\nkill -9 $$\n")
     fake.chmod(0o755)
     dock.backend_python.setFilePath(str(fake))
     dock.index_dir.setFilePath(str(world.index))
