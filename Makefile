@@ -53,14 +53,16 @@ test-plugin: qgis $(STAMP)
 		QT_QPA_PLATFORM=offscreen $(QGIS_PY) -m pytest tests/plugin -q -p no:cacheprovider; \
 	else echo "QGIS not available: plugin tests not run"; exit 1; fi
 
-# QGIS plugin: dist/qgis_saig_plugin.zip ("Install from ZIP"), or install it into a QGIS profile and enable
-# it, recording this checkout so the plugin uses .venv as its backend.
+# QGIS plugin: dist/qgis_saig_plugin.zip ("Install from ZIP", then "Install backend" in the dock), or install it
+# into a QGIS profile and enable it, recording this checkout so the plugin uses .venv as its backend.
 PLUGIN_ZIP := dist/qgis_saig_plugin.zip
 QGIS_PROFILE ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/default
 PLUGIN_SOURCES := $(shell find qgis_saig_plugin -type f -not -path '*/__pycache__/*' -not -name backend.json 2>/dev/null)
+# the ZIP ships the backend (this project) as a wheel, for the plugin's "Install backend"
+BACKEND_SOURCES := $(shell find saig_core tiling synthetic_world saig_cli -name '*.py' -not -path '*/__pycache__/*' 2>/dev/null)
 
-$(PLUGIN_ZIP): $(PLUGIN_SOURCES) metadata.txt LICENSE scripts/plugin_package.py
-	$(PYTHON) scripts/plugin_package.py zip $@
+$(PLUGIN_ZIP): $(PLUGIN_SOURCES) $(BACKEND_SOURCES) pyproject.toml metadata.txt LICENSE scripts/plugin_package.py | $(STAMP)
+	$(PYTHON) scripts/plugin_package.py zip $@ --python $(PY)
 
 plugin-zip: $(PLUGIN_ZIP)
 

@@ -18,7 +18,6 @@ from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsFeature,
     QgsFeatureSink,
-    QgsField,
     QgsFields,
     QgsGeometry,
     QgsPointXY,
@@ -45,7 +44,7 @@ from qgis.core import (
     QgsWkbTypes,
 )
 from qgis.PyQt import sip
-from qgis.PyQt.QtCore import QCoreApplication, QVariant
+from qgis.PyQt.QtCore import QCoreApplication
 
 from . import styles
 from .backend import BackendCanceled, BackendError, BackendRun, backend_contract, format_errors, run_backend
@@ -142,7 +141,7 @@ class SaigAlgorithm(QgsProcessingAlgorithm):
     def add_device_parameter(self) -> None:
         """The advanced DEVICE parameter (auto, CUDA, CPU)."""
         param = QgsProcessingParameterEnum("DEVICE", tr("Device"), options=list(DEVICE_LABELS), defaultValue=0)
-        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        param.setFlags(param.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
         self.addParameter(param)
 
     @staticmethod
@@ -225,13 +224,13 @@ class TileOrthophotoAlgorithm(SaigAlgorithm):
     def initAlgorithm(self, config=None) -> None:
         """Declare the parameters and outputs."""
         self.addParameter(QgsProcessingParameterMultipleLayers(
-            self.INPUT, tr("Orthophotos"), QgsProcessing.TypeRaster))
+            self.INPUT, tr("Orthophotos"), QgsProcessing.SourceType.TypeRaster))
         self.addParameter(QgsProcessingParameterNumber(
-            self.CHIP_SIZE_M, tr("Chip size (m)"), QgsProcessingParameterNumber.Double, 100.0, False, 0.01))
+            self.CHIP_SIZE_M, tr("Chip size (m)"), QgsProcessingParameterNumber.Type.Double, 100.0, False, 0.01))
         self.addParameter(QgsProcessingParameterNumber(
-            self.STRIDE_M, tr("Stride (m)"), QgsProcessingParameterNumber.Double, 50.0, False, 0.01))
+            self.STRIDE_M, tr("Stride (m)"), QgsProcessingParameterNumber.Type.Double, 50.0, False, 0.01))
         self.addParameter(QgsProcessingParameterFeatureSink(
-            self.OUTPUT, tr("Chip footprints"), QgsProcessing.TypeVectorPolygon))
+            self.OUTPUT, tr("Chip footprints"), QgsProcessing.SourceType.TypeVectorPolygon))
         self.addOutput(QgsProcessingOutputNumber("CHIP_COUNT", tr("Number of chips")))
 
     def processAlgorithm(self, parameters, context, feedback):
@@ -256,7 +255,7 @@ class TileOrthophotoAlgorithm(SaigAlgorithm):
                 raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
             count = 0
             for feature in chips.getFeatures():
-                sink.addFeature(feature, QgsFeatureSink.FastInsert)
+                sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert)
                 count += 1
             feedback.pushInfo(tr("{} chips, grid CRS {}").format(count, result.get("crs") or chips.crs().authid()))
             return {self.OUTPUT: dest_id, "CHIP_COUNT": count}
@@ -293,14 +292,14 @@ class BuildIndexAlgorithm(SaigAlgorithm):
     def initAlgorithm(self, config=None) -> None:
         """Declare the parameters and outputs."""
         self.addParameter(QgsProcessingParameterMultipleLayers(
-            self.INPUT, tr("Orthophotos"), QgsProcessing.TypeRaster))
+            self.INPUT, tr("Orthophotos"), QgsProcessing.SourceType.TypeRaster))
         self.addParameter(QgsProcessingParameterFile(
-            self.CHECKPOINT, tr("SAIG checkpoint"), QgsProcessingParameterFile.File,
+            self.CHECKPOINT, tr("SAIG checkpoint"), QgsProcessingParameterFile.Behavior.File,
             fileFilter=tr("Checkpoints (*.pt *.pth);;All files (*)")))
         self.addParameter(QgsProcessingParameterNumber(
-            self.CHIP_SIZE_M, tr("Chip size (m)"), QgsProcessingParameterNumber.Double, 100.0, False, 0.01))
+            self.CHIP_SIZE_M, tr("Chip size (m)"), QgsProcessingParameterNumber.Type.Double, 100.0, False, 0.01))
         self.addParameter(QgsProcessingParameterNumber(
-            self.STRIDE_M, tr("Stride (m)"), QgsProcessingParameterNumber.Double, 50.0, False, 0.01))
+            self.STRIDE_M, tr("Stride (m)"), QgsProcessingParameterNumber.Type.Double, 50.0, False, 0.01))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_DIR, tr("Index folder")))
         self.addOutput(QgsProcessingOutputNumber("CHIP_COUNT", tr("Number of indexed chips")))
@@ -339,10 +338,25 @@ class BuildIndexAlgorithm(SaigAlgorithm):
                 "FINGERPRINT": str(result.get("fingerprint") or ""), "CRS": str(result.get("crs") or "")}
 
 
-#: ``saig schema`` column types -> QGIS field types
-_FIELD_TYPES = {"str": QVariant.String, "int": QVariant.Int, "float": QVariant.Double}
+#: ``saig schema`` column types -> field types of the memory provider (see :func:`make_fields`)
+#: (length and precision 0: unlimited, as QgsField's defaults; the provider's own defaults would round doubles)
+_FIELD_TYPES = {"str": "string(0)", "int": "integer(0)", "float": "double(0,0)"}
 #: Display fields the candidates layer adds around the backend's per-candidate fields
 _PHOTO_FIELDS, _HEATMAP_FIELD = ("photo", "photo_name"), "heatmap"
+#: The EXIF positions layer's fields (the ``exif`` object of a ``locate --json`` result, per photo)
+_EXIF_FIELDS = (("photo", "str"), ("photo_name", "str"), ("lon", "float"), ("lat", "float"),
+                ("heading", "float"), ("heading_ref", "str"))
+
+
+def make_fields(columns) -> QgsFields:
+    """QgsFields from (name, contract type) pairs.
+
+    Built through a memory layer's URI, which names types in words: QgsField's own type argument is
+    a QVariant.Type in Qt5 builds of QGIS and a QMetaType.Type in Qt6 builds, so naming neither keeps
+    one code base for both.
+    """
+    spec = "&".join(f"field={name}:{_FIELD_TYPES.get(kind, _FIELD_TYPES['str'])}" for name, kind in columns)
+    return QgsVectorLayer(f"None?{spec}", "fields", "memory").fields()
 
 
 def candidate_result_fields(contract: dict) -> list[tuple[str, str]]:
@@ -357,13 +371,8 @@ def candidate_fields(contract: dict) -> QgsFields:
 
     The photo and its file name, the backend's per-candidate fields (``saig schema``), the photo's heatmap.
     """
-    fields = QgsFields()
-    for name in _PHOTO_FIELDS:
-        fields.append(QgsField(name, QVariant.String))
-    for name, kind in candidate_result_fields(contract):
-        fields.append(QgsField(name, _FIELD_TYPES.get(kind, QVariant.String)))
-    fields.append(QgsField(_HEATMAP_FIELD, QVariant.String))
-    return fields
+    return make_fields([(name, "str") for name in _PHOTO_FIELDS] + candidate_result_fields(contract)
+                       + [(_HEATMAP_FIELD, "str")])
 
 
 def _attribute(value, kind: str):
@@ -376,11 +385,7 @@ def _attribute(value, kind: str):
 
 def exif_fields() -> QgsFields:
     """Attributes of the EXIF positions layer (one point per photo with GPS in its EXIF, EPSG:4326)."""
-    fields = QgsFields()
-    for name, kind in (("photo", QVariant.String), ("photo_name", QVariant.String), ("lon", QVariant.Double),
-                       ("lat", QVariant.Double), ("heading", QVariant.Double), ("heading_ref", QVariant.String)):
-        fields.append(QgsField(name, kind))
-    return fields
+    return make_fields(_EXIF_FIELDS)
 
 
 def expand_photos(entries: list[str], suffixes) -> list[str]:
@@ -448,23 +453,24 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
     def initAlgorithm(self, config=None) -> None:
         """Declare the parameters and outputs."""
         self.addParameter(QgsProcessingParameterMultipleLayers(
-            self.PHOTOS, tr("Photos (files or a folder)"), QgsProcessing.TypeFile))
+            self.PHOTOS, tr("Photos (files or a folder)"), QgsProcessing.SourceType.TypeFile))
         self.addParameter(QgsProcessingParameterFile(
-            self.INDEX, tr("Reference index folder"), QgsProcessingParameterFile.Folder))
+            self.INDEX, tr("Reference index folder"), QgsProcessingParameterFile.Behavior.Folder))
         self.addParameter(QgsProcessingParameterFile(
             self.CHECKPOINT, tr("SAIG checkpoint (optional when the index records one)"),
-            QgsProcessingParameterFile.File, fileFilter=tr("Checkpoints (*.pt *.pth);;All files (*)"),
+            QgsProcessingParameterFile.Behavior.File, fileFilter=tr("Checkpoints (*.pt *.pth);;All files (*)"),
             optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.TOP_K, tr("Candidates per photo (top-k)"), QgsProcessingParameterNumber.Integer, 20, False, 1, 1000))
+            self.TOP_K, tr("Candidates per photo (top-k)"), QgsProcessingParameterNumber.Type.Integer, 20, False, 1,
+            1000))
         self.addParameter(QgsProcessingParameterNumber(
             self.PRIOR_RADIUS_M, tr("Search only within this radius of the EXIF position (m)"),
-            QgsProcessingParameterNumber.Double, None, True, 0.0))
+            QgsProcessingParameterNumber.Type.Double, None, True, 0.0))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterFeatureSink(
-            self.OUTPUT, tr("Candidates"), QgsProcessing.TypeVectorPoint))
+            self.OUTPUT, tr("Candidates"), QgsProcessing.SourceType.TypeVectorPoint))
         self.addParameter(QgsProcessingParameterFeatureSink(
-            self.EXIF_OUTPUT, tr("EXIF positions"), QgsProcessing.TypeVectorPoint, optional=True,
+            self.EXIF_OUTPUT, tr("EXIF positions"), QgsProcessing.SourceType.TypeVectorPoint, optional=True,
             createByDefault=False))
         self.addParameter(QgsProcessingParameterFolderDestination(
             self.HEATMAP_DIR, tr("Heatmap folder"), optional=True, createByDefault=False))
@@ -546,7 +552,7 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
                        heatmaps: dict) -> dict:
         wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
         fields, result_fields = candidate_fields(contract), candidate_result_fields(contract)
-        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.Point, wgs84)
+        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.Type.Point, wgs84)
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
         for result in photo_results:
@@ -560,10 +566,10 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
                 f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(lon, lat)))
                 f.setAttributes([photo, os.path.basename(photo),
                                  *(_attribute(c.get(name), kind) for name, kind in result_fields), heatmap])
-                sink.addFeature(f, QgsFeatureSink.FastInsert)
+                sink.addFeature(f, QgsFeatureSink.Flag.FastInsert)
         outputs = {self.OUTPUT: dest_id}
         exif_sink, exif_id = self.parameterAsSink(parameters, self.EXIF_OUTPUT, context, exif_fields(),
-                                                  QgsWkbTypes.Point, wgs84)
+                                                  QgsWkbTypes.Type.Point, wgs84)
         if exif_sink is not None:
             for result in photo_results:
                 exif = result.get("exif") or {}
@@ -575,7 +581,7 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
                 f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(lon, lat)))
                 f.setAttributes([photo, os.path.basename(photo), lon, lat, _number(exif.get("heading")),
                                  str(exif.get("heading_ref") or "")])
-                exif_sink.addFeature(f, QgsFeatureSink.FastInsert)
+                exif_sink.addFeature(f, QgsFeatureSink.Flag.FastInsert)
             outputs[self.EXIF_OUTPUT] = exif_id
         return outputs
 

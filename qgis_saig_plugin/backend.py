@@ -2,7 +2,8 @@
 
 QGIS's own Python never imports torch, faiss or rasterio: everything heavy runs in the backend's
 environment (a venv with the ``saig-geolocate`` project installed). The child gets a cleaned
-environment so QGIS's PYTHONPATH, PROJ and GDAL settings cannot leak into the backend's wheels.
+environment so QGIS's PYTHONPATH, PROJ and GDAL settings cannot leak into the backend's wheels
+(:mod:`process`).
 
 Where the backend is looked for, first match wins:
 
@@ -10,7 +11,9 @@ Where the backend is looked for, first match wins:
 2. the ``SAIG_PYTHON`` environment variable;
 3. ``backend.json`` next to this file, written by ``make install-plugin`` from a checkout
    (``{"python": ..., "checkout": ...}``; the checkout's ``.venv`` is used);
-4. a ``saig`` executable on PATH.
+4. the backend the plugin installed itself (*Install backend*: a venv in the QGIS profile folder,
+   :mod:`backend_install`), once its installation completed;
+5. a ``saig`` executable on PATH.
 
 Each may name a Python interpreter (run as ``PYTHON -m saig_core``) or the ``saig`` script itself.
 """
@@ -29,27 +32,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qgis.core import QgsSettings
+from qgis.core import QgsApplication, QgsSettings
+
+from . import backend_install, process
 
 SETTINGS_KEY = "saig/backend_python"
 ENV_VAR = "SAIG_PYTHON"
 BACKEND_JSON = Path(__file__).with_name("backend.json")
 
-#: Variables of the QGIS process that would break the backend's own Python, PROJ and GDAL.
-STRIPPED_ENV = (
-    "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONEXECUTABLE",
-    "PROJ_LIB", "PROJ_DATA", "GDAL_DATA", "GDAL_DRIVER_PATH",
-    "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH", "DYLD_FALLBACK_LIBRARY_PATH",
-)
-
 HOW_TO_FIX = (
-    "Point the plugin at the Python of the environment where saig-geolocate is installed: "
-    "in the SAIG dock, Backend > Python (e.g. /path/to/saig-geolocate/.venv/bin/python), "
-    "or set the SAIG_PYTHON environment variable before starting QGIS. "
-    "Installing the plugin with 'make install-plugin' from a checkout sets it automatically."
+    "Install the backend from the SAIG dock (Backend > Install backend), or point the plugin at the Python "
+    "of an environment where saig-geolocate is installed: in the SAIG dock, Backend > Python "
+    "(e.g. /path/to/saig-geolocate/.venv/bin/python), or set the SAIG_PYTHON environment variable before "
+    "starting QGIS. Installing the plugin with 'make install-plugin' from a checkout sets it automatically."
 )
 
-_TERMINATE_GRACE_S = 3.0
 _POLL_S = 0.1
 
 
@@ -89,12 +86,24 @@ class BackendRun:
     results: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     stderr_tail: str = ""
+    location: BackendLocation | None = None
+
+    @property
+    def clean_exit(self) -> bool:
+        """Whether the backend exited with 0."""
+        return self.returncode == 0
+
+    def exit_description(self) -> str:
+        """Why the exit was not clean, for people ('' after exit 0)."""
+        if self.clean_exit:
+            return ""
+        return describe_exit(self.returncode, self.location or BackendLocation(("saig",), "unknown"),
+                             self.stderr_tail)
 
 
 def venv_python(venv: Path) -> Path:
     """The interpreter of a virtual environment, on POSIX or Windows."""
-    posix = venv / "bin" / "python"
-    return posix if posix.exists() or os.name != "nt" else venv / "Scripts" / "python.exe"
+    return backend_install.venv_python(venv)
 
 
 def _command_for(path: str) -> tuple[str, ...]:
@@ -130,6 +139,20 @@ def set_configured_python(path: str) -> None:
         QgsSettings().remove(SETTINGS_KEY)
 
 
+def managed_home() -> Path:
+    """Where *Install backend* keeps its venv, log and record: ``saig_backend`` in the QGIS profile folder."""
+    return backend_install.managed_home(QgsApplication.qgisSettingsDirPath())
+
+
+def managed_backend() -> BackendLocation | None:
+    """The backend the plugin installed, when its installation completed (else None)."""
+    record = backend_install.read_record(managed_home())
+    if record is None:
+        return None
+    return BackendLocation(_command_for(record["python"]),
+                           f"the backend installed by the plugin ({managed_home()})")
+
+
 def locate_backend() -> BackendLocation:
     """Find the backend (see the module docstring for the order); raise BackendError when none."""
     setting = configured_python()
@@ -142,21 +165,13 @@ def locate_backend() -> BackendLocation:
         found = _from_backend_json(BACKEND_JSON)
         if found is not None:
             return found
+    managed = managed_backend()
+    if managed is not None:
+        return managed
     on_path = shutil.which("saig")
     if on_path:
         return BackendLocation((on_path,), "the saig command on PATH")
     raise BackendError(f"No SAIG backend is configured. {HOW_TO_FIX}")
-
-
-def clean_environment(base: dict | None = None) -> dict:
-    """A copy of ``base`` (default os.environ) safe for the backend's Python: QGIS's variables removed."""
-    env = dict(os.environ if base is None else base)
-    for name in STRIPPED_ENV:
-        env.pop(name, None)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONIOENCODING"] = "utf-8"
-    env["PYTHONNOUSERSITE"] = "1"
-    return env
 
 
 def _check_executable(location: BackendLocation) -> None:
@@ -167,48 +182,33 @@ def _check_executable(location: BackendLocation) -> None:
         raise BackendError(f"The SAIG backend {exe} (from {location.source}) is not an executable file. {HOW_TO_FIX}")
 
 
-def _pump(stream, sink: queue.Queue, tag: str) -> None:
-    for line in iter(stream.readline, ""):
-        sink.put((tag, line.rstrip("\r\n")))
-    sink.put((tag, None))
-
-
-def _terminate(proc: subprocess.Popen) -> None:
-    """Stop the child and everything it started (its process group), gently first."""
-    if proc.poll() is not None:
-        return
-    try:
-        if os.name == "posix":
-            os.killpg(proc.pid, signal.SIGTERM)
-        else:
-            proc.terminate()
-        proc.wait(_TERMINATE_GRACE_S)
-    except subprocess.TimeoutExpired:
-        if os.name == "posix":
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()
-        proc.wait()
-    except ProcessLookupError:
-        proc.wait()
-
-
 def describe_exit(returncode: int, location: BackendLocation, stderr_tail: str) -> str:
     """A user-facing explanation of a failed backend exit."""
-    if returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
+    sig = process.killed_by_signal(returncode)
+    if sig == getattr(signal, "SIGKILL", 9):
         return ("The SAIG backend was killed (signal 9): probably out of memory. "
                 "Try fewer photos or rasters per run, a smaller chip size, or close other programs.")
-    if returncode < 0:
-        return f"The SAIG backend was stopped by signal {-returncode}."
+    if returncode == 130:
+        return "The SAIG backend was interrupted (exit code 130)."
+    if sig is not None:
+        return f"The SAIG backend was stopped by signal {sig} ({_signal_name(sig)})."
     if "No module named" in stderr_tail and "saig_core" in stderr_tail:
         return (f"{location.executable} (from {location.source}) runs, but saig-geolocate is not installed "
                 f"in its environment. {HOW_TO_FIX}")
     if returncode == 2:
         last = stderr_tail.strip().splitlines()[-1:] or [""]
         return (f"The SAIG backend did not accept the command ({last[0]}). "
-                "It is probably older than this plugin: update saig-geolocate in the backend environment.")
+                "It is probably older than this plugin: update saig-geolocate in the backend environment "
+                "(Backend > Install backend upgrades the backend the plugin installed).")
     last_lines = "\n".join(stderr_tail.strip().splitlines()[-5:])
     return f"The SAIG backend failed (exit code {returncode}).\n{last_lines}".rstrip()
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return "unknown signal"
 
 
 def run_backend(
@@ -219,29 +219,29 @@ def run_backend(
     on_stderr: Callable[[str], None] | None = None,
     is_canceled: Callable[[], bool] | None = None,
     cwd: str | None = None,
+    partial_ok: bool = False,
 ) -> BackendRun:
     """Run ``saig --progress json ARGS`` and stream its events to ``on_event`` (in this thread).
 
     Cancel is checked after every event and at least every 0.1 s; a cancel terminates the child's
-    process group and raises BackendCanceled. A child that exits without any result raises
-    BackendError with an explanation (killed = probably out of memory, missing module, ...);
-    otherwise the run is returned, including per-file ``error`` events, for the caller to judge.
+    process group and raises BackendCanceled. A child that exits non-zero without any result, or
+    that was killed by a signal, raises BackendError with an explanation (killed = probably out of
+    memory, missing module, ...). With ``partial_ok`` a killed child that produced results is returned
+    like any other non-zero exit: the caller must then account for what is missing
+    (:meth:`BackendRun.exit_description` says why).
     """
     location = location or locate_backend()
     _check_executable(location)
     proc = _start_child(location, args, cwd)
     lines: queue.Queue = queue.Queue()
-    readers = [threading.Thread(target=_pump, args=(proc.stdout, lines, "out"), daemon=True),
-               threading.Thread(target=_pump, args=(proc.stderr, lines, "err"), daemon=True)]
-    for t in readers:
-        t.start()
-    run = BackendRun(returncode=0)
+    readers = process.start_readers(proc, lines)
+    run = BackendRun(returncode=0, location=location)
     stderr_tail: deque = deque(maxlen=200)
     try:
         _read_events(lines, run, stderr_tail, on_event, on_stderr, is_canceled)
         _wait_for_exit(proc, is_canceled)
     except BaseException:
-        _terminate(proc)
+        process.terminate(proc)
         raise
     finally:
         for t in readers:
@@ -250,24 +250,15 @@ def run_backend(
         proc.stderr.close()
     run.returncode = proc.returncode
     run.stderr_tail = "\n".join(stderr_tail)
-    _check_outcome(run, location)
+    _check_outcome(run, location, partial_ok)
     return run
 
 
 def _start_child(location: BackendLocation, args: Sequence[str], cwd: str | None) -> subprocess.Popen:
     """Start ``saig --progress json ARGS`` in its own process group, with a cleaned environment."""
     command = [*location.command, "--progress", "json", *map(str, args)]
-    popen_kwargs = {}
-    if os.name == "posix":
-        popen_kwargs["start_new_session"] = True
-    else:
-        popen_kwargs["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
     try:
-        return subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, encoding="utf-8", errors="replace", bufsize=1,
-            env=clean_environment(), cwd=cwd or os.path.expanduser("~"), **popen_kwargs,
-        )
+        return process.start(command, cwd=cwd)
     except OSError as e:
         raise BackendError(f"Could not start the SAIG backend {location.executable} "
                            f"(from {location.source}): {e.strerror or e}. {HOW_TO_FIX}") from None
@@ -313,13 +304,16 @@ def _wait_for_exit(proc: subprocess.Popen, is_canceled: Callable[[], bool] | Non
         time.sleep(_POLL_S)
 
 
-def _check_outcome(run: BackendRun, location: BackendLocation) -> None:
-    """Raise BackendError when the child was killed, or failed without producing any result."""
-    killed = run.returncode < 0 or run.returncode == 128 + signal.SIGKILL
-    if killed or (run.returncode != 0 and not run.results):
-        if run.errors and run.returncode == 1:
-            raise BackendError(format_errors(run.errors), run.returncode)
-        raise BackendError(describe_exit(run.returncode, location, run.stderr_tail), run.returncode)
+def _check_outcome(run: BackendRun, location: BackendLocation, partial_ok: bool) -> None:
+    """Raise BackendError when the child failed without any result, or was killed (unless ``partial_ok``)."""
+    if run.clean_exit:
+        return
+    killed = process.killed_by_signal(run.returncode) is not None and run.returncode != 130
+    if run.results and not (killed and not partial_ok):
+        return
+    if run.errors and run.returncode == 1:
+        raise BackendError(format_errors(run.errors), run.returncode)
+    raise BackendError(describe_exit(run.returncode, location, run.stderr_tail), run.returncode)
 
 
 def _parse_event(line: str) -> dict:

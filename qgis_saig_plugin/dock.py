@@ -152,14 +152,14 @@ class SaigDock(QgsDockWidget):
         box = QGroupBox("Backend")
         form = QFormLayout(box)
         self.backend_python = QgsFileWidget()
-        self.backend_python.setStorageMode(QgsFileWidget.GetFile)
+        self.backend_python.setStorageMode(QgsFileWidget.StorageMode.GetFile)
         self.backend_python.setDialogTitle("Python of the SAIG backend environment")
         self.backend_python.lineEdit().setShowClearButton(True)
         form.addRow("Python", self.backend_python)
         self.check_backend_button = QPushButton("Check backend")
         self.backend_status = QLabel("")
         self.backend_status.setWordWrap(True)
-        self.backend_status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.backend_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         row = QHBoxLayout()
         row.addWidget(self.check_backend_button)
         row.addWidget(self.backend_status, 1)
@@ -171,7 +171,7 @@ class SaigDock(QgsDockWidget):
         box = QGroupBox("Reference")
         form = QFormLayout(box)
         self.index_dir = QgsFileWidget()
-        self.index_dir.setStorageMode(QgsFileWidget.GetDirectory)
+        self.index_dir.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.index_dir.setDialogTitle("Reference index folder")
         form.addRow("Index folder", self.index_dir)
         self.chip_size = _metres_box(100.0)
@@ -187,7 +187,7 @@ class SaigDock(QgsDockWidget):
         form.addRow(row)
         form.addRow(self.build_button)
         self.checkpoint = QgsFileWidget()
-        self.checkpoint.setStorageMode(QgsFileWidget.GetFile)
+        self.checkpoint.setStorageMode(QgsFileWidget.StorageMode.GetFile)
         self.checkpoint.setFilter("Checkpoints (*.pt *.pth);;All files (*)")
         self.checkpoint.setDialogTitle("SAIG checkpoint")
         self.checkpoint.lineEdit().setPlaceholderText("as recorded in the index")
@@ -199,7 +199,7 @@ class SaigDock(QgsDockWidget):
         box = QGroupBox("Photos")
         form = QFormLayout(box)
         self.photos = QgsFileWidget()
-        self.photos.setStorageMode(QgsFileWidget.GetMultipleFiles)
+        self.photos.setStorageMode(QgsFileWidget.StorageMode.GetMultipleFiles)
         self.photos.setDialogTitle("Ground photos")
         form.addRow("Photos", self.photos)
         self.top_k = QgsSpinBox()
@@ -226,7 +226,7 @@ class SaigDock(QgsDockWidget):
         row.addWidget(self.prior_radius, 1)
         form.addRow("Prior", row)
         self.results_dir = QgsFileWidget()
-        self.results_dir.setStorageMode(QgsFileWidget.GetDirectory)
+        self.results_dir.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.results_dir.lineEdit().setPlaceholderText("temporary")
         form.addRow("Save results in", self.results_dir)
         return box
@@ -249,15 +249,15 @@ class SaigDock(QgsDockWidget):
         """The candidates table: one row per photo and rank, with a thumbnail of the photo."""
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
         self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setIconSize(THUMB_SIZE)
         self.table.verticalHeader().setVisible(False)
         self.table.verticalHeader().setDefaultSectionSize(THUMB_SIZE.height() + 4)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         for col in range(1, len(TABLE_COLUMNS)):
-            self.table.horizontalHeader().setSectionResizeMode(col, QHeaderView.ResizeToContents)
+            self.table.horizontalHeader().setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         return self.table
 
     def _connect_widgets(self) -> None:
@@ -332,7 +332,7 @@ class SaigDock(QgsDockWidget):
     def _apply_contract(self, contract: dict) -> None:
         self.photos.setFilter(photo_filter(contract["photo_suffixes"]))
 
-    def _message(self, title: str, text: str, level=Qgis.Info, duration: int = 8) -> None:
+    def _message(self, title: str, text: str, level=Qgis.MessageLevel.Info, duration: int = 8) -> None:
         self.status.setText(f"{title}: {text}" if text else title)
         self.message_bar.pushMessage(title, text, level, duration)
 
@@ -344,7 +344,7 @@ class SaigDock(QgsDockWidget):
             location = locate_backend()
         except BackendError as e:
             self.backend_status.setText(str(e))
-            self._message("SAIG backend", str(e), Qgis.Critical, 0)
+            self._message("SAIG backend", str(e), Qgis.MessageLevel.Critical, 0)
             self.backend_checked.emit(False, str(e))
             return
         checkpoint = self.checkpoint.filePath()
@@ -361,12 +361,12 @@ class SaigDock(QgsDockWidget):
             if exception is not None or result is None:
                 text = str(exception) if exception is not None else "no answer"
                 self.backend_status.setText(text)
-                self._message("SAIG backend", text, Qgis.Critical, 0)
+                self._message("SAIG backend", text, Qgis.MessageLevel.Critical, 0)
                 self.backend_checked.emit(False, text)
                 return
             text = describe_backend_info(result)
             self.backend_status.setText(f"{text}\n{location.executable}")
-            self._message("SAIG backend", text, Qgis.Success)
+            self._message("SAIG backend", text, Qgis.MessageLevel.Success)
             self.backend_checked.emit(True, text)
 
         self.info_task = QgsTask.fromFunction("Check SAIG backend", work, on_finished=done)
@@ -377,7 +377,8 @@ class SaigDock(QgsDockWidget):
     def _start(self, algorithm_id: str, parameters: dict, kind: str, **extra) -> bool:
         algorithm = QgsApplication.processingRegistry().createAlgorithmById(algorithm_id)
         if algorithm is None:
-            self._message("SAIG", f"The Processing algorithm {algorithm_id} is not registered.", Qgis.Critical)
+            self._message("SAIG", f"The Processing algorithm {algorithm_id} is not registered.",
+                          Qgis.MessageLevel.Critical)
             return False
         context = QgsProcessingContext()
         context.setProject(QgsProject.instance())
@@ -416,13 +417,13 @@ class SaigDock(QgsDockWidget):
             _remove_if_empty(job.extra["run_dir"])
         if job.feedback.isCanceled():
             self.progress.setValue(0)
-            self._message("SAIG", "Canceled: nothing was written or added to the map.", Qgis.Info)
+            self._message("SAIG", "Canceled: nothing was written or added to the map.", Qgis.MessageLevel.Info)
             signal.emit(False, "canceled")
             return
         if not ok:
             text = _last_error(job.feedback.errors) or "The algorithm failed (see the Processing log)."
             self.progress.setValue(0)
-            self._message("SAIG failed", text, Qgis.Critical, 0)
+            self._message("SAIG failed", text, Qgis.MessageLevel.Critical, 0)
             signal.emit(False, text)
             return
         self.progress.setValue(100)
@@ -430,22 +431,22 @@ class SaigDock(QgsDockWidget):
             self.index_dir.setFilePath(results["OUTPUT_DIR"])
             self._save_settings()
             text = f"index {results['OUTPUT_DIR']} with {int(results.get('CHIP_COUNT') or 0)} chips"
-            self._message("SAIG index built", text, Qgis.Success)
+            self._message("SAIG index built", text, Qgis.MessageLevel.Success)
             signal.emit(True, text)
             return
         candidates = QgsVectorLayer(results["OUTPUT"], "SAIG candidates", "ogr")
         if not candidates.isValid():
             text = f"The candidates {results['OUTPUT']} could not be opened."
-            self._message("SAIG failed", text, Qgis.Critical, 0)
+            self._message("SAIG failed", text, Qgis.MessageLevel.Critical, 0)
             signal.emit(False, text)
             return
         text = self.show_results(results)
         failed = int(results.get("PHOTOS_FAILED") or 0)
         if failed:
             self._message("SAIG", f"{text}; {failed} photo(s) failed: {_last_error(job.feedback.errors)}",
-                          Qgis.Warning, 0)
+                          Qgis.MessageLevel.Warning, 0)
         else:
-            self._message("SAIG", text, Qgis.Success)
+            self._message("SAIG", text, Qgis.MessageLevel.Success)
         signal.emit(True, text)
 
     def build_index(self) -> None:
@@ -453,11 +454,11 @@ class SaigDock(QgsDockWidget):
         rasters = [layer for layer in self.selected_layers() if isinstance(layer, QgsRasterLayer)]
         if not rasters:
             self._message("SAIG", "Select one or more orthophoto raster layers in the Layers panel first.",
-                          Qgis.Warning)
+                          Qgis.MessageLevel.Warning)
             return
         checkpoint = self.checkpoint.filePath()
         if not os.path.isfile(checkpoint):
-            self._message("SAIG", "Choose the checkpoint to encode the index with.", Qgis.Warning)
+            self._message("SAIG", "Choose the checkpoint to encode the index with.", Qgis.MessageLevel.Warning)
             return
         target = self.index_dir.filePath()
         if not target or (os.path.isdir(target) and os.listdir(target)):
@@ -475,11 +476,11 @@ class SaigDock(QgsDockWidget):
         photos = [p for p in QgsFileWidget.splitFilePaths(self.photos.filePath()) if p]
         index = self.index_dir.filePath()
         if not photos:
-            self._message("SAIG", "Choose one or more photos.", Qgis.Warning)
+            self._message("SAIG", "Choose one or more photos.", Qgis.MessageLevel.Warning)
             return
         if not index or not os.path.isdir(index):
             self._message("SAIG", "Choose a reference index folder, or build one from raster layers.",
-                          Qgis.Warning)
+                          Qgis.MessageLevel.Warning)
             return
         self._save_settings()
         base = self.results_dir.filePath() or QgsProcessingUtils.tempFolder()
@@ -545,7 +546,7 @@ class SaigDock(QgsDockWidget):
             if photo not in thumbs:
                 thumbs[photo] = _thumbnail(photo)
             first = QTableWidgetItem(thumbs[photo], str(feature["photo_name"]))
-            first.setData(Qt.UserRole, feature.id())
+            first.setData(Qt.ItemDataRole.UserRole, feature.id())
             first.setToolTip(photo)
             self.table.setItem(row, 0, first)
             distance = feature["distance_m"]
@@ -554,7 +555,7 @@ class SaigDock(QgsDockWidget):
                       f"{float(feature['lon']):.6f}", f"{float(feature['lat']):.6f}")
             for col, value in enumerate(values, start=1):
                 item = QTableWidgetItem(value)
-                item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(row, col, item)
         self.table.blockSignals(False)
 
@@ -563,7 +564,7 @@ class SaigDock(QgsDockWidget):
         if rows:
             item = self.table.item(rows[0].row(), 0)
             self.show_heatmap_of(item.toolTip())
-            self.zoom_to_candidate(item.data(Qt.UserRole))
+            self.zoom_to_candidate(item.data(Qt.ItemDataRole.UserRole))
 
     def show_heatmap_of(self, photo: str) -> None:
         """Only the heatmap of this photo is visible (they overlap; the others stay in the group)."""
@@ -618,7 +619,7 @@ def _thumbnail(path: str) -> QIcon:
     reader.setAutoTransform(True)
     size = reader.size()
     if size.isValid():
-        reader.setScaledSize(size.scaled(THUMB_SIZE, Qt.KeepAspectRatio))
+        reader.setScaledSize(size.scaled(THUMB_SIZE, Qt.AspectRatioMode.KeepAspectRatio))
     image = reader.read()
     if image.isNull():
         return QIcon()

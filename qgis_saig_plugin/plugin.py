@@ -4,7 +4,11 @@ from __future__ import annotations
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
+
+try:  # Qt6 (QGIS 4): QAction lives in QtGui
+    from qgis.PyQt.QtGui import QAction
+except ImportError:  # Qt5 (QGIS 3): in QtWidgets
+    from qgis.PyQt.QtWidgets import QAction
 
 from .provider import ICON_PATH, SaigProvider
 
@@ -35,7 +39,7 @@ class SaigPlugin:
 
         self.dock = SaigDock(self.iface.mapCanvas(), self.iface.messageBar(),
                              lambda: self.iface.layerTreeView().selectedLayers(), self.iface.mainWindow())
-        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.dock.hide()
 
         show = QAction(QIcon(ICON_PATH), "SAIG Geolocate", self.iface.mainWindow())

@@ -49,10 +49,10 @@ def style_candidates(layer: QgsVectorLayer) -> None:
 
     settings = QgsPalLayerSettings()
     settings.fieldName = "rank"
-    settings.placement = QgsPalLayerSettings.AroundPoint
+    settings.placement = QgsPalLayerSettings.Placement.AroundPoint
     settings.dist = 1.0
     text = QgsTextFormat()
-    text.setFont(QFont("Sans Serif", 9, QFont.Bold))
+    text.setFont(QFont("Sans Serif", 9, QFont.Weight.Bold))
     text.setSize(9)
     buffer = QgsTextBufferSettings()
     buffer.setEnabled(True)
@@ -70,7 +70,7 @@ def style_exif(layer: QgsVectorLayer) -> None:
     symbol = QgsMarkerSymbol.createSimple({
         "name": "arrow", "color": "#2b83ba", "size": "6", "outline_color": "white", "outline_width": "0.4"})
     symbol.symbolLayer(0).setDataDefinedProperty(
-        QgsSymbolLayer.PropertyAngle, QgsProperty.fromExpression('coalesce("heading", 0)'))
+        QgsSymbolLayer.Property.PropertyAngle, QgsProperty.fromExpression('coalesce("heading", 0)'))
     layer.renderer().setSymbol(symbol)
     layer.triggerRepaint()
 
@@ -84,7 +84,7 @@ def style_heatmap(layer: QgsRasterLayer, classes: int = 8) -> None:
     """Interpolated pseudocolour over the score range, nodata transparent, semi-transparent overall."""
     provider = layer.dataProvider()
     provider.setUseSourceNoDataValue(1, True)
-    stats = provider.bandStatistics(1, QgsRasterBandStats.Min | QgsRasterBandStats.Max)
+    stats = provider.bandStatistics(1, QgsRasterBandStats.Stats.Min | QgsRasterBandStats.Stats.Max)
     low, high = stats.minimumValue, stats.maximumValue
     if not high > low:
         high = low + 1e-6
@@ -95,7 +95,7 @@ def style_heatmap(layer: QgsRasterLayer, classes: int = 8) -> None:
         value = low + t * (high - low)
         items.append(QgsColorRampShader.ColorRampItem(value, ramp.color(t), f"{value:.3f}"))
     shader_fn = QgsColorRampShader(low, high)
-    shader_fn.setColorRampType(QgsColorRampShader.Interpolated)
+    shader_fn.setColorRampType(QgsColorRampShader.Type.Interpolated)
     shader_fn.setSourceColorRamp(ramp.clone())
     shader_fn.setColorRampItemList(items)
     shader = QgsRasterShader()

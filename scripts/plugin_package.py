@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Package and install the QGIS plugin (standard library only; used by `make plugin-zip` / `make install-plugin`).
 
-    plugin_package.py zip OUT.zip
+    plugin_package.py zip OUT.zip [--python PY] [--wheel WHEEL]
         One top-level folder ``qgis_saig_plugin/`` with the package, metadata.txt, LICENSE and icon.png,
-        which QGIS's "Install from ZIP" accepts.
+        which QGIS's "Install from ZIP" accepts, and the backend (this project) as a wheel in
+        ``qgis_saig_plugin/wheels/`` for the plugin's "Install backend". The wheel is built by
+        ``PY -m pip wheel`` from a copy of the project's sources (so stale build/ files never get in),
+        or taken from --wheel.
     plugin_package.py install ZIP --profile PROFILE_DIR [--checkout REPO]
         Unpacks into PROFILE_DIR/python/plugins (replacing an older copy), enables the plugin in
         PROFILE_DIR/QGIS/QGIS3.ini [PythonPlugins], and records the checkout in backend.json so the
@@ -15,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import zipfile
@@ -25,27 +29,67 @@ REPO = Path(__file__).resolve().parents[1]
 SKIP_DIRS = {"__pycache__"}
 SKIP_FILES = {"backend.json"}
 SKIP_SUFFIXES = {".pyc", ".pyo"}
+#: What the backend wheel is built from (pyproject.toml names the packages and the version's module).
+BACKEND_SOURCES = ("pyproject.toml", "README.md", "LICENSE", "saig_core", "tiling", "synthetic_world", "saig_cli")
 
 
-def build_zip(out: Path) -> Path:
-    """Write the plugin ZIP atomically (temp name, then rename)."""
+def build_backend_wheel(out_dir: Path, python: str) -> Path:
+    """``saig_geolocate-VERSION-py3-none-any.whl`` built by pip from a clean copy of the sources."""
+    with tempfile.TemporaryDirectory(prefix="saig-wheel-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for name in BACKEND_SOURCES:
+            path = REPO / name
+            if path.is_dir():
+                shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                shutil.copy2(path, src / name)
+        built = Path(tmp) / "wheels"
+        proc = subprocess.run([python, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(built),
+                               str(src)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"plugin_package: building the backend wheel failed:\n{proc.stdout}{proc.stderr}")
+        wheels = sorted(built.glob("saig_geolocate-*.whl"))
+        if len(wheels) != 1:
+            sys.exit(f"plugin_package: expected one saig_geolocate wheel, pip made {[w.name for w in wheels]}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / wheels[0].name
+        shutil.copy2(wheels[0], target)
+    return target
+
+
+def build_zip(out: Path, python: str = sys.executable, wheel: Path | None = None) -> Path:
+    """Write the plugin ZIP (with the backend wheel) atomically (temp name, then rename)."""
     src = REPO / PACKAGE
     for required in (REPO / "metadata.txt", src / "__init__.py", src / "icon.png"):
         if not required.is_file():
             sys.exit(f"plugin_package: {required} is missing")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(src.rglob("*")):
-            rel = path.relative_to(src)
-            if path.is_dir() or SKIP_DIRS & set(rel.parts) or path.name in SKIP_FILES \
-                    or path.suffix in SKIP_SUFFIXES:
-                continue
-            zf.write(path, f"{PACKAGE}/{rel.as_posix()}")
-        zf.write(REPO / "metadata.txt", f"{PACKAGE}/metadata.txt")
-        zf.write(REPO / "LICENSE", f"{PACKAGE}/LICENSE")
-    os.replace(tmp, out)
+    with tempfile.TemporaryDirectory(prefix="saig-plugin-zip-") as tmp_dir:
+        if wheel is None:
+            wheel = build_backend_wheel(Path(tmp_dir), python)
+        elif not wheel.is_file():
+            sys.exit(f"plugin_package: {wheel} is missing")
+        _write_zip(out, src, wheel)
     return out
+
+
+def _write_zip(out: Path, src: Path, wheel: Path) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(src.rglob("*")):
+                rel = path.relative_to(src)
+                if path.is_dir() or SKIP_DIRS & set(rel.parts) or path.name in SKIP_FILES \
+                        or path.suffix in SKIP_SUFFIXES or rel.parts[0] == "wheels":
+                    continue
+                zf.write(path, f"{PACKAGE}/{rel.as_posix()}")
+            zf.write(REPO / "metadata.txt", f"{PACKAGE}/metadata.txt")
+            zf.write(REPO / "LICENSE", f"{PACKAGE}/LICENSE")
+            zf.write(wheel, f"{PACKAGE}/wheels/{wheel.name}")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def enable_in_ini(ini: Path, name: str) -> None:
@@ -106,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     z = sub.add_parser("zip", help="build the plugin ZIP")
     z.add_argument("out", type=Path)
+    z.add_argument("--python", default=sys.executable, help="Python whose pip builds the backend wheel")
+    z.add_argument("--wheel", type=Path, default=None, help="use this backend wheel instead of building one")
     i = sub.add_parser("install", help="install the ZIP into a QGIS profile and enable it")
     i.add_argument("zip", type=Path)
     i.add_argument("--profile", type=Path, required=True,
@@ -113,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--checkout", type=Path, default=None, help="repository whose .venv is the backend")
     args = parser.parse_args(argv)
     if args.command == "zip":
-        print(build_zip(args.out))
+        print(build_zip(args.out, args.python, args.wheel))
     else:
         target = install(args.zip, args.profile.expanduser(), args.checkout.resolve() if args.checkout else None)
         print(f"installed {target} and enabled it in {args.profile / 'QGIS' / 'QGIS3.ini'}")

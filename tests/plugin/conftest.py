@@ -78,8 +78,8 @@ def isolate_settings(folder: str) -> None:
 
     QCoreApplication.setOrganizationName("saig-plugin-tests")
     QCoreApplication.setApplicationName("saig-plugin-tests")
-    for fmt in (QSettings.NativeFormat, QSettings.IniFormat):
-        QSettings.setPath(fmt, QSettings.UserScope, folder)
+    for fmt in (QSettings.Format.NativeFormat, QSettings.Format.IniFormat):
+        QSettings.setPath(fmt, QSettings.Scope.UserScope, folder)
 
 
 _PROVIDERS: list = []  # Python must hold its providers: otherwise sip drops the subclass and its algorithms
@@ -128,7 +128,7 @@ def backend_python() -> Path:
 
 def run_backend_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """The real `saig` CLI of the backend venv, with a clean environment (as the plugin runs it)."""
-    from qgis_saig_plugin.backend import clean_environment
+    from qgis_saig_plugin.process import clean_environment
 
     proc = subprocess.run([str(BACKEND_PYTHON), "-m", "saig_core", *args], capture_output=True, text=True,
                           env=clean_environment(), timeout=300)

@@ -23,14 +23,14 @@ def wait_for(signal, timeout_ms: int) -> tuple:
     loop, got = QEventLoop(), []
     signal.connect(lambda *args: (got.append(args), loop.quit()))
     QTimer.singleShot(timeout_ms, loop.quit)
-    loop.exec_()
+    loop.exec()
     return got[0] if got else (False, "timeout")
 
 
 def settle(ms: int) -> None:
     loop = QEventLoop()
     QTimer.singleShot(ms, loop.quit)
-    loop.exec_()
+    loop.exec()
 
 
 def run() -> None:

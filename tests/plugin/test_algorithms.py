@@ -105,7 +105,7 @@ def test_tileorthophoto_writes_the_chip_footprints_of_the_cli(assets, tmp_path):
                                      "--json").stdout.splitlines()[-1])
     layer = QgsVectorLayer(results["OUTPUT"], "chips", "ogr")
     assert layer.crs().authid() == ORTHO_CRS == cli["crs"]
-    assert QgsWkbTypes.geometryType(layer.wkbType()) == QgsWkbTypes.PolygonGeometry
+    assert QgsWkbTypes.geometryType(layer.wkbType()) == QgsWkbTypes.GeometryType.PolygonGeometry
     assert layer.featureCount() == results["CHIP_COUNT"] == cli["count"] > 0
     for f in layer.getFeatures():
         assert f.geometry().area() == pytest.approx(CHIP_M * CHIP_M)

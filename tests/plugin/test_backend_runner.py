@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import write_backend_without_schema
 
-from qgis_saig_plugin import backend
+from qgis_saig_plugin import backend, process
 from qgis_saig_plugin.backend import BackendCanceled, BackendError, BackendLocation, run_backend
 
 
@@ -65,7 +65,7 @@ def test_child_environment_drops_qgis_python_proj_and_gdal_variables():
     dirty = {"PATH": "/usr/bin", "HOME": "/home/u", "PYTHONPATH": "/usr/share/qgis/python",
              "PYTHONHOME": "/usr", "PROJ_LIB": "/usr/share/proj", "PROJ_DATA": "/usr/share/proj",
              "GDAL_DATA": "/usr/share/gdal", "LD_LIBRARY_PATH": "/usr/lib/qgis"}
-    env = backend.clean_environment(dirty)
+    env = process.clean_environment(dirty)
     for name in ("PYTHONPATH", "PYTHONHOME", "PROJ_LIB", "PROJ_DATA", "GDAL_DATA", "LD_LIBRARY_PATH"):
         assert name not in env
     assert env["PATH"] == "/usr/bin" and env["HOME"] == "/home/u"

@@ -172,7 +172,7 @@ def test_run_adds_styled_results_fills_the_table_and_zooms(dock, world, tmp_path
     for heatmap in heatmaps:
         renderer = heatmap.renderer()
         assert renderer.type() == "singlebandpseudocolor" and 0 < renderer.opacity() < 1
-        assert renderer.shader().rasterShaderFunction().colorRampType() == QgsColorRampShader.Interpolated
+        assert renderer.shader().rasterShaderFunction().colorRampType() == QgsColorRampShader.Type.Interpolated
         assert heatmap.dataProvider().useSourceNoDataValue(1)
         assert heatmap.crs().authid() == ORTHO_CRS
 
