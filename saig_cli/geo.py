@@ -10,7 +10,7 @@ import argparse
 
 from saig_core.runtime.args import add_device_arg, parse_size
 from saig_core.runtime.progress import Reporter
-from tiling.search import INDEX_KINDS, describe_index_kinds
+from tiling.search import INDEX_KINDS, ONDISK_MIN, describe_index_kinds
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_arg(p)
     p.add_argument("--batch-size", type=int, default=32, help="chips per encoder batch (default 32)")
     p.add_argument("--index-type", default="auto", choices=INDEX_KINDS, help=describe_index_kinds())
+    p.add_argument("--storage", default="auto", choices=("auto", "memory", "disk"),
+                   help="where a compressed index keeps its inverted lists: memory, or disk (memory-mapped lists and "
+                        f"a GeoParquet manifest, for big indexes); auto = disk from {ONDISK_MIN:,} chips")
     p.add_argument("--shard-size", type=int, default=1024,
                    help="chips per committed shard: how much work a killed build can lose (default 1024)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
@@ -102,7 +105,8 @@ def cmd_index_build(args: argparse.Namespace, reporter: Reporter) -> int:
     from tiling.index import BuildOptions, build_index
 
     opts = BuildOptions(checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
-                        index_type=args.index_type, overwrite=args.overwrite, shard_chips=args.shard_size)
+                        index_type=args.index_type, storage=args.storage, overwrite=args.overwrite,
+                        shard_chips=args.shard_size)
     result = build_index(args.rasters, args.chip_size_m, args.stride_m, args.out, opts, reporter,
                          chip_kwargs=dict(min_valid=args.min_valid, grid=args.grid, grid_crs=args.grid_crs,
                                           zoom=args.zoom))

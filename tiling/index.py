@@ -3,7 +3,10 @@
 An index is a folder::
 
     INDEX_DIR/index.faiss     FAISS index over L2-normalised aerial descriptors (inner product)
-    INDEX_DIR/chips.gpkg      the chip manifest (layer "chips"; faiss_id = row in the index)
+    INDEX_DIR/chips.gpkg      the chip manifest (layer "chips"; faiss_id = row in the index); big
+                              indexes (on-disk storage) hold it as GeoParquet parts, chips.parquet/
+    INDEX_DIR/vectors.f16     compressed kinds: the exact descriptors (float16, faiss-id order) for re-ranking
+    INDEX_DIR/index.ivfdata   on-disk storage: the inverted lists, memory-mapped when searching
     INDEX_DIR/metadata.json   model fingerprint/config/checkpoint, chip parameters, grid CRS, counts,
                               software version, sources, and the sha256 of every other file
 
@@ -40,9 +43,9 @@ import numpy as np
 from saig_core.errors import SaigError
 from saig_core.runtime.progress import Reporter
 from saig_core.version import __version__
-from tiling import search
+from tiling import reference, search
 from tiling.chips import ChipParams, ChipPlanner, ChipReader, NoChipError, RasterError, iter_chips
-from tiling.manifest import chip_records, write_manifest
+from tiling.manifest import chip_records
 from tiling.plan import planned_run, report_raster_error
 
 FORMAT = "saig-index"
@@ -68,6 +71,7 @@ class BuildOptions:
     device: str = "auto"
     batch_size: int = 32
     index_type: str = "auto"
+    storage: str = "auto"  # auto | memory | disk: where the inverted lists live (search.choose_storage)
     overwrite: bool = False
     shard_chips: int = 1024  # chips per committed shard: the granularity of resume
 
@@ -332,8 +336,6 @@ def _iter_shards(shard_dir: Path, drop_sources: set[str]):
 
 def _finalise(work: Path, planner: ChipPlanner, params: ChipParams, model, fingerprint: str,
               opts: BuildOptions, reporter: Reporter, polar: bool, key: str) -> None:
-    import faiss
-
     shard_dir = work / "shards"
     prog = _load_progress(shard_dir)
     failed_sources = sorted(str(planner.sources[k].path) for k in prog.failed_sources)
@@ -349,12 +351,12 @@ def _finalise(work: Path, planner: ChipPlanner, params: ChipParams, model, finge
     if len(set(ids)) != len(ids):
         raise IndexFolderError(f"{work}: duplicated chip ids in the shards (a bug; delete {work} and rebuild)", work)
     kind = search.choose_kind(opts.index_type, len(records))
-    reporter.log(f"building a {kind} FAISS index of {len(records)} chips")
-    index = search.build(kind, model.descriptor_dim, len(records),
-                         lambda: (d for d, _ in _iter_shards(shard_dir, drop)))
-    faiss.write_index(index, str(work / f".{INDEX_FILE}.tmp"))
-    os.replace(work / f".{INDEX_FILE}.tmp", work / INDEX_FILE)
-    write_manifest(records, planner.grid.crs_string, work / MANIFEST_FILE)
+    storage = search.choose_storage(opts.storage, kind, len(records))
+    reporter.log(f"building a {kind} FAISS index of {len(records)} chips ({storage} storage)")
+    faiss_meta = search.write_index_files(work, kind, model.descriptor_dim, len(records),
+                                          lambda: (d for d, _ in _iter_shards(shard_dir, drop)), storage, INDEX_FILE)
+    files = faiss_meta.pop("files") + reference.write_manifest(records, planner.grid.crs_string, work,
+                                                               "parquet" if storage == "disk" else "gpkg")
     per_source = {str(s.path): 0 for s in planner.sources}
     for r in records:
         per_source[r["source"]] += 1
@@ -369,11 +371,11 @@ def _finalise(work: Path, planner: ChipPlanner, params: ChipParams, model, finge
         "chips": {**params.to_dict(), "polar_aerial": polar},
         "model": {"fingerprint": fingerprint, "config": model.cfg.to_dict(),
                   "checkpoint": str(Path(opts.checkpoint).resolve())},
-        "faiss": {"kind": kind, "factory": search.factory_string(kind, model.descriptor_dim, len(records)),
-                  "metric": "inner_product", "nprobe": search.default_nprobe(index)},
+        "faiss": faiss_meta,
         "sources": [{"path": p, "chips": n} for p, n in per_source.items() if p not in drop],
         "failed_sources": failed_sources,
-        "files": {name: sha256_file(work / name) for name in (INDEX_FILE, MANIFEST_FILE)},
+        "files": {name: sha256_file(work / name) for name in files},
+        "file_sizes": {name: (work / name).stat().st_size for name in files},
         "build_key": key,
     }
     _atomic_write_bytes(work / METADATA_FILE, json.dumps(meta, indent=2).encode())  # the build is complete

@@ -20,15 +20,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from saig_core.errors import SaigError
 from saig_core.runtime.progress import Reporter
-from tiling import search
 from tiling.heatmap import write_heatmap
-from tiling.index import INDEX_FILE, MANIFEST_FILE, index_info
 from tiling.manifest import GPKG_OPTIONS
 from tiling.photos import GroundInput, PhotoError, collect_photos, read_photo
+from tiling.reference import Reference, open_index, query
 from tiling.schema import CANDIDATE_COLUMNS, CANDIDATE_RESULT_FIELDS, PHOTO_COLUMNS
 
 
@@ -52,26 +49,7 @@ class LocateOptions:
     json_lines: bool = False
 
 
-class LoadedIndex:
-    """An index folder loaded for searching: metadata, FAISS index, chip table."""
-
-    def __init__(self, index_dir: str | os.PathLike) -> None:
-        import faiss
-
-        from tiling.manifest import read_manifest
-
-        self.dir = Path(index_dir)
-        self.meta = index_info(self.dir, verify=True)
-        self.faiss = faiss.read_index(str(self.dir / INDEX_FILE))
-        search.set_search_defaults(self.faiss)
-        chips = read_manifest(self.dir / MANIFEST_FILE)
-        if len(chips) != self.faiss.ntotal:
-            raise SaigError(f"{self.dir}: manifest has {len(chips)} chips but the FAISS index {self.faiss.ntotal}")
-        self.chip_id = chips["chip_id"].to_numpy()
-        self.lon, self.lat = chips["lon"].to_numpy(), chips["lat"].to_numpy()
-        self.x, self.y = chips["x"].to_numpy(), chips["y"].to_numpy()
-        self.row, self.col = chips["row"].to_numpy().astype(np.int64), chips["col"].to_numpy().astype(np.int64)
-        self.crs = self.meta["crs"]
+LoadedIndex = Reference  # an index folder opened for searching: tiling.reference.open_index
 
 
 def load_model_for_index(index: LoadedIndex, checkpoint: str | None, device):
@@ -106,8 +84,6 @@ def _fail(reporter: Reporter, opts: LocateOptions, path, message: str) -> None:
 
 def locate_photos(inputs: list[str], out: str | os.PathLike, opts: LocateOptions, reporter: Reporter) -> int:
     """Locate every photo; returns the number that failed (each reported as it happens)."""
-    from pyproj import Geod
-
     from saig_core.runtime.device import describe_device, resolve_device
 
     out = Path(out)
@@ -125,19 +101,18 @@ def locate_photos(inputs: list[str], out: str | os.PathLike, opts: LocateOptions
 
     # one query at a time: OpenMP threads only add overhead (benchmarks/search.py: 2.9 vs 8 ms at 1M)
     faiss.omp_set_num_threads(1)
-    index = LoadedIndex(opts.index)
+    index = open_index(opts.index)
     encoder, ground = load_model_for_index(index, opts.checkpoint, device)
-    reporter.log(f"{len(photos)} photo(s) against {index.dir} ({len(index.row)} chips), "
+    reporter.log(f"{len(photos)} photo(s) against {index.dir} ({index.count} chips), "
                  f"encoding on {describe_device(device)}")
     heat_dir = Path(opts.heatmap_dir) if opts.heatmap_dir else None
     if heat_dir:
         heat_dir.mkdir(parents=True, exist_ok=True)
-    geod = Geod(ellps="WGS84")
     cand_rows, photo_rows, failed = [], [], 0
     with reporter.task("locate", len(photos)) as task:
         for path in photos:
             try:
-                row, cands = _locate_one(path, index, encoder, ground, geod, heat_dir, opts, reporter)
+                row, cands = _locate_one(path, index, encoder, ground, heat_dir, opts, reporter)
             except (PhotoError, SaigError) as e:
                 failed += 1
                 _fail(reporter, opts, path, str(e))
@@ -153,7 +128,7 @@ def locate_photos(inputs: list[str], out: str | os.PathLike, opts: LocateOptions
     return failed
 
 
-def _locate_one(path: Path, index: LoadedIndex, encoder, ground: GroundInput, geod, heat_dir: Path | None,
+def _locate_one(path: Path, index: Reference, encoder, ground: GroundInput, heat_dir: Path | None,
                 opts: LocateOptions, reporter: Reporter) -> tuple[dict, list[dict]]:
     photo = read_photo(path)
     for w in photo.exif.warnings:
@@ -161,35 +136,26 @@ def _locate_one(path: Path, index: LoadedIndex, encoder, ground: GroundInput, ge
     kind, fov = ground.describe(photo, opts.fov_deg)
     q = encoder.encode("ground", ground.tensor(photo, opts.fov_deg)[None]).numpy()
     exif = photo.exif
-    subset = None
-    dist_all = None
-    if exif.has_position:
-        _, _, dist_all = geod.inv(np.full(index.lon.size, exif.lon), np.full(index.lat.size, exif.lat),
-                                  index.lon, index.lat)
-    if opts.prior_radius_m is not None:
-        if dist_all is None:
-            reporter.log(f"{path}: no usable EXIF GPS position; searching all chips (no prior)", "warning")
-        else:
-            subset = np.flatnonzero(dist_all <= opts.prior_radius_m)
-            if subset.size == 0:
-                raise SaigError(f"{path}: no chip of the index lies within {opts.prior_radius_m:g} m of its EXIF "
-                                f"position ({exif.lat:.6f}, {exif.lon:.6f}); nearest is {dist_all.min():.0f} m away")
-    scores, ids = search.search(index.faiss, q, opts.k, subset)
-    scores, ids = scores[0], ids[0]
-    keep = ids >= 0
-    scores, ids = scores[keep], ids[keep]
+    if opts.prior_radius_m is not None and not exif.has_position:
+        reporter.log(f"{path}: no usable EXIF GPS position; searching all chips (no prior)", "warning")
+    position = None  # (lon, lat), EPSG:4326
+    if exif.has_position and exif.lon is not None and exif.lat is not None:
+        position = (exif.lon, exif.lat)
+    try:
+        res = query(index, q, opts.k, position, opts.prior_radius_m, heatmap=heat_dir is not None)
+    except SaigError as e:
+        raise SaigError(f"{path}: {e}") from None
     heat_path = None
-    if heat_dir is not None:
-        heat_ids = subset if subset is not None else np.arange(index.faiss.ntotal)
-        heat_scores = search.scores_for(index.faiss, q, heat_ids)[0]
-        heat_path = write_heatmap(heat_dir / f"{path.stem}_heatmap.tif", index.row[heat_ids], index.col[heat_ids],
-                                  heat_scores, index.meta["grid"], index.crs)
+    if heat_dir is not None and res.heat_chips is not None and res.heat_scores is not None:
+        heat_path = write_heatmap(heat_dir / f"{path.stem}_heatmap.tif", res.heat_chips.row, res.heat_chips.col,
+                                  res.heat_scores, index.meta["grid"], index.crs)
     cands = []
-    for rank, (s, i) in enumerate(zip(scores, ids, strict=True), start=1):
+    c = res.chips
+    for n, (s, i) in enumerate(zip(res.scores, res.ids, strict=True)):
         cands.append({
-            "photo": str(path), "rank": rank, "score": float(s), "chip_id": str(index.chip_id[i]), "faiss_id": int(i),
-            "lon": float(index.lon[i]), "lat": float(index.lat[i]), "x": float(index.x[i]), "y": float(index.y[i]),
-            "distance_m": float(dist_all[i]) if dist_all is not None else None, "grid_crs": index.crs,
+            "photo": str(path), "rank": n + 1, "score": float(s), "chip_id": str(c.chip_id[n]), "faiss_id": int(i),
+            "lon": float(c.lon[n]), "lat": float(c.lat[n]), "x": float(c.x[n]), "y": float(c.y[n]),
+            "distance_m": float(res.distance_m[n]) if res.distance_m is not None else None, "grid_crs": index.crs,
         })
     exif_json = exif.as_json()
     if opts.json_lines:

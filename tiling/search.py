@@ -13,17 +13,36 @@ Kinds (``--index-type``):
   the same budget, lower recall in ``benchmarks/search.py``; kept selectable.
 
 Every kind answers :func:`search` (optionally restricted to a subset of ids) and :func:`scores_for`
-(similarity of a query to every chip, from the stored codes, chunked to bound memory) so heatmaps
-and candidate lists agree.
+(similarity of a query to chosen chips) so heatmaps and candidate lists agree.
+
+**Re-ranking.** A compressed index keeps the exact descriptors beside it (:class:`VectorStore`,
+``vectors.f16``: float16 in faiss-id order, read from disk by ``pread``, never loaded whole): the index
+proposes :data:`RERANK` candidates, their exact similarities decide the top k, and every score
+reported (candidates and heatmaps) is that exact cosine (to float16 precision).
+
+**On-disk inverted lists.** Past :data:`ONDISK_MIN` chips (or when asked), a compressed index is built
+the out-of-RAM way FAISS recommends: trained once on a sample spread over all chips, filled shard by
+shard, then merged into ``index.ivfdata`` (``OnDiskInvertedLists``, memory-mapped at search time), so a
+query touches only the lists it probes and the process holds only the coarse quantizer and the PCA.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable
+import os
+import shutil
+import sys
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 
 FLAT_MAX = 200_000
+ONDISK_MIN = 2_000_000  # ``auto`` storage: inverted lists on disk from this many chips
+RERANK = 64  # candidates the compressed index proposes for exact re-ranking (at least k)
+SHARD_ROWS = 1 << 20  # vectors per shard index when building on-disk lists
+VECTORS_FILE, IVFDATA_FILE = "vectors.f16", "index.ivfdata"
 NPROBE = 64
 KINDS = ("flat", "pcasq", "ivfpq")
 INDEX_KINDS = ("auto", *KINDS)  # what ``--index-type`` accepts
@@ -104,23 +123,144 @@ def train_size(kind: str, dim: int, count: int) -> int:
     return max(50 * nlist, 20_000)
 
 
-def build(kind: str, dim: int, count: int, chunks: Callable[[], Iterable[np.ndarray]]):
-    """An index of ``kind`` filled from ``chunks()`` (called once or twice: training sample, then add)."""
+def training_sample(kind: str, dim: int, count: int, chunks: Callable[[], Iterable[np.ndarray]]) -> np.ndarray | None:
+    """The training vectors of a kind (None for flat): every ``count // want``-th vector, so the sample
+    spreads over the whole area instead of its first rows (one pass over ``chunks()``)."""
     want = train_size(kind, dim, count)
-    sample = None
-    if want:
-        parts, have = [], 0
-        for block in chunks():
-            parts.append(block[: want - have])
-            have += len(parts[-1])
-            if have >= want:
-                break
-        sample = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    if not want:
+        return None
+    step = max(1, count // want)
+    parts, have, seen = [], 0, 0
+    for block in chunks():
+        first = (-seen) % step  # the first row of this block on the sampling lattice
+        parts.append(np.asarray(block[first::step][: want - have], dtype=np.float32))
+        have += len(parts[-1])
+        seen += len(block)
+        if have >= want:
+            break
+    return np.ascontiguousarray(np.concatenate(parts))
+
+
+def build(kind: str, dim: int, count: int, chunks: Callable[[], Iterable[np.ndarray]]):
+    """An index of ``kind`` held in memory, filled from ``chunks()`` (called twice for compressed kinds:
+    training sample, then add)."""
+    sample = training_sample(kind, dim, count, chunks)
     index = make_index(kind, dim, count, sample)
     if sample is not None:
         index.train(sample)
     for block in chunks():
         index.add(np.ascontiguousarray(block, dtype=np.float32))
+    set_search_defaults(index)
+    return index
+
+
+def choose_storage(storage: str, kind: str, count: int) -> str:
+    """``memory`` or ``disk`` for ``--storage`` (``auto``: disk for compressed kinds from ONDISK_MIN chips)."""
+    if storage == "auto":
+        return "disk" if kind != "flat" and count >= ONDISK_MIN else "memory"
+    if storage not in ("memory", "disk"):
+        raise ValueError(f"unknown storage {storage!r}; choose auto, memory or disk")
+    if storage == "disk" and kind == "flat":
+        raise ValueError("a flat index has no inverted lists to keep on disk; use a compressed --index-type")
+    return storage
+
+
+def write_index_files(folder: str | os.PathLike, kind: str, dim: int, count: int,
+                      chunks: Callable[[], Iterable[np.ndarray]], storage: str = "memory",
+                      index_file: str = "index.faiss") -> dict:
+    """Build an index of ``kind`` into ``folder`` and return what its metadata records.
+
+    Writes ``index_file`` (each file under a temporary name, then renamed), plus, for compressed kinds,
+    ``vectors.f16`` (the exact descriptors for re-ranking) and with ``storage="disk"`` ``index.ivfdata``
+    (the inverted lists, built shard by shard and merged on disk).
+    """
+    import faiss
+
+    folder = Path(folder)
+    files = [index_file]
+    if kind != "flat":
+        VectorStore.write(folder / VECTORS_FILE, count, dim, chunks)
+        files.append(VECTORS_FILE)
+    if storage == "disk":
+        index = _build_on_disk(folder, kind, dim, count, chunks)
+        files.append(IVFDATA_FILE)
+    else:
+        index = build(kind, dim, count, chunks)
+    tmp = folder / f".{index_file}.tmp"
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, folder / index_file)
+    return {"kind": kind, "factory": factory_string(kind, dim, count), "metric": "inner_product",
+            "nprobe": default_nprobe(index), "storage": storage, "rerank": RERANK if kind != "flat" else 0,
+            "vectors": {"file": VECTORS_FILE, "dtype": "float16", "shape": [count, dim]} if kind != "flat" else None,
+            "files": files}
+
+
+def _build_on_disk(folder: Path, kind: str, dim: int, count: int, chunks: Callable[[], Iterable[np.ndarray]]):
+    """Train once, fill shard indexes of SHARD_ROWS vectors each, merge them into ``index.ivfdata``."""
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    sample = training_sample(kind, dim, count, chunks)
+    trained = make_index(kind, dim, count, sample)
+    trained.train(sample)
+    shard_dir = folder / ".ivf-shards"
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    shard_dir.mkdir(parents=True)
+    try:
+        names = []
+        for k, (first, block) in enumerate(_regroup(chunks(), SHARD_ROWS)):
+            shard = faiss.clone_index(trained)
+            shard.add_with_ids(block, np.arange(first, first + len(block), dtype=np.int64))
+            names.append(str(shard_dir / f"shard-{k:05d}.faiss"))
+            faiss.write_index(shard, names[-1])
+            del shard
+        ivfdata = folder / IVFDATA_FILE
+        ivfdata.unlink(missing_ok=True)
+        with _c_stdout_to_stderr():
+            merge_ondisk(trained, names, str(ivfdata))
+    finally:
+        shutil.rmtree(shard_dir, ignore_errors=True)
+    set_search_defaults(trained)
+    return trained
+
+
+def _regroup(blocks: Iterable[np.ndarray], rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first id, float32 block of ``rows`` vectors, the last shorter) from blocks of any size."""
+    pending: list[np.ndarray] = []
+    have = first = 0
+    for block in blocks:
+        pending.append(np.asarray(block, dtype=np.float32))
+        have += len(block)
+        while have >= rows:
+            joined = np.concatenate(pending)
+            yield first, np.ascontiguousarray(joined[:rows])
+            first += rows
+            pending, have = [joined[rows:]], have - rows
+    if have:
+        yield first, np.ascontiguousarray(np.concatenate(pending))
+
+
+@contextlib.contextmanager
+def _c_stdout_to_stderr() -> Iterator[None]:
+    """FAISS's C++ code prints notes (``resizing ...``, ``IO_FLAG_ONDISK_SAME_DIR: ...``) on file descriptor 1,
+    where the CLI writes JSON lines: send them to stderr while it runs."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def read_index(path: str | os.PathLike):
+    """A FAISS index file; on-disk inverted lists are memory-mapped from ``index.ivfdata`` beside it
+    (wherever the folder has been moved), never read into memory."""
+    import faiss
+
+    with _c_stdout_to_stderr():
+        index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
     set_search_defaults(index)
     return index
 
@@ -150,29 +290,121 @@ def set_search_defaults(index, nprobe: int | None = None) -> None:
         ivf.nprobe = min(nprobe or _ivf_nprobe(index, ivf), ivf.nlist)
 
 
-def search(index, queries: np.ndarray, k: int, subset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (scores, ids) per query; ``subset`` restricts the search to those ids (exactly)."""
+class VectorStore:
+    """Exact descriptors for re-ranking: float16 rows in faiss-id order in one raw file.
+
+    Rows are read with ``os.pread`` (contiguous ids in one call), not memory-mapped, so the process holds
+    only the rows a query asks for and the file stays in the page cache the kernel manages.
+    """
+
+    DTYPE = np.dtype("<f2")
+
+    def __init__(self, path: str | os.PathLike, count: int, dim: int) -> None:
+        self.path, self.count, self.dim = Path(path), int(count), int(dim)
+        self.row_bytes = self.dim * self.DTYPE.itemsize
+        size = self.path.stat().st_size
+        if size != self.count * self.row_bytes:
+            raise ValueError(f"{self.path}: {size} bytes, expected {self.count} x {self.dim} float16 "
+                             f"({self.count * self.row_bytes} bytes): truncated or from another index")
+        self._fd: int | None = os.open(self.path, os.O_RDONLY)
+        self._closer = weakref.finalize(self, os.close, self._fd)  # closed when collected, if not before
+
+    def close(self) -> None:
+        """Close the file."""
+        self._closer()
+        self._fd = None
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def read(self, ids: np.ndarray, gap: int = 4) -> np.ndarray:
+        """float32 rows of ``ids`` (any order, repeats allowed); runs of ids at most ``gap`` apart are one read."""
+        if self._fd is None:
+            raise ValueError(f"{self.path}: the vector store is closed")
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((ids.size, self.dim), np.float32)
+        if ids.size == 0:
+            return out
+        if ids.min() < 0 or ids.max() >= self.count:
+            raise IndexError(f"{self.path}: id out of range 0..{self.count - 1}")
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        breaks = np.flatnonzero(np.diff(uniq) > gap) + 1
+        rows = np.empty((uniq.size, self.dim), np.float32)
+        for part_ids, at in zip(np.split(uniq, breaks), np.split(np.arange(uniq.size), breaks), strict=True):
+            first, last = int(part_ids[0]), int(part_ids[-1])
+            raw = os.pread(self._fd, (last - first + 1) * self.row_bytes, first * self.row_bytes)
+            block = np.frombuffer(raw, self.DTYPE).reshape(-1, self.dim)
+            rows[at] = block[part_ids - first]
+        out[:] = rows[inverse.ravel()]
+        return out
+
+    @classmethod
+    def write(cls, path: str | os.PathLike, count: int, dim: int, chunks: Callable[[], Iterable[np.ndarray]]) -> Path:
+        """Write every vector of ``chunks()`` as float16 rows (temporary name, then renamed)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        written = 0
+        try:
+            with open(tmp, "wb") as f:
+                for block in chunks():
+                    block = np.asarray(block)
+                    if block.ndim != 2 or block.shape[1] != dim:
+                        raise ValueError(f"{path}: a block of shape {block.shape}, expected (n, {dim})")
+                    f.write(np.ascontiguousarray(block, dtype=cls.DTYPE).tobytes())
+                    written += len(block)
+                f.flush()
+                os.fsync(f.fileno())
+            if written != count:
+                raise ValueError(f"{path}: {written} vectors written, expected {count}")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+
+def search(index, queries: np.ndarray, k: int, subset: np.ndarray | None = None,
+           store: VectorStore | None = None, rerank: int = RERANK) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, ids) per query, best first.
+
+    ``subset`` restricts the search to those ids (exactly, over their stored vectors). With a ``store``
+    the index proposes ``max(k, rerank)`` candidates and their exact similarities rank them.
+    """
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if subset is not None:
         subset = np.asarray(subset, dtype=np.int64)
         k = min(k, subset.size)
         if k == 0:
             return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
-        scores = scores_for(index, q, subset)
+        scores = scores_for(index, q, subset, store=store)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, order, 1), subset[order]
     k = min(k, index.ntotal)
-    scores, ids = index.search(q, k)
-    return scores, ids
+    if store is None:
+        return index.search(q, k)
+    _, cand = index.search(q, min(max(k, rerank), index.ntotal))
+    out_s = np.full((len(q), k), -np.inf, np.float32)
+    out_i = np.full((len(q), k), -1, np.int64)
+    for n, row in enumerate(cand):
+        ids = row[row >= 0]
+        exact = store.read(ids) @ q[n]
+        order = np.lexsort((ids, -exact))[:k]  # best first; ties by id, as the exact search
+        out_s[n, : order.size], out_i[n, : order.size] = exact[order], ids[order]
+    return out_s, out_i
 
 
-def scores_for(index, queries: np.ndarray, ids: np.ndarray | None = None, chunk: int = 65536) -> np.ndarray:
-    """Similarity of each query to each chip in ``ids`` (default all), from the index's stored vectors/codes."""
+def scores_for(index, queries: np.ndarray, ids: np.ndarray | None = None, chunk: int = 65536,
+               store: VectorStore | None = None) -> np.ndarray:
+    """Similarity of each query to each chip in ``ids`` (default all): exact from ``store`` when given,
+    else from the index's stored vectors/codes; chunked to bound memory."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     ids = np.arange(index.ntotal, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
     out = np.empty((len(q), ids.size), np.float32)
     for i0 in range(0, ids.size, chunk):
-        vecs = reconstruct(index, ids[i0:i0 + chunk])
+        part = ids[i0:i0 + chunk]
+        vecs = store.read(part) if store is not None else reconstruct(index, part)
         out[:, i0:i0 + chunk] = q @ vecs.T
     return out
 
