@@ -8,12 +8,14 @@ STAMP := $(VENV)/.stamp-installed
 TORCH_SPEC ?= torch==2.13.0
 QGIS_PY := /usr/bin/python3
 
-.PHONY: help venv lint test test-backend test-plugin qgis clean plugin-zip install-plugin demo demo-model
+.PHONY: help venv lint test test-backend test-plugin test-cluster bench-report qgis clean plugin-zip install-plugin demo demo-model
 
 help:
 	@echo "make demo   - set up .venv, then generate a held-out world, index it, geolocate its photos (demo_out/)"
 	@echo "make test   - set up .venv (and QGIS for plugin tests), run ruff and mypy, then the whole suite"
 	@echo "make lint   - ruff and mypy only"
+	@echo "make test-cluster - saig index build --ray on a real local Ray cluster (two nodes, started and stopped)"
+	@echo "make bench-report - docs/benchmarks.md from benchmarks/results/*.json"
 	@echo "make demo-model - retrain models/demo.pt from synthetic worlds (about 20 min on 2 CPU cores)"
 
 $(PY):
@@ -22,7 +24,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e '.[test,onnx,train]'
+	$(PY) -m pip install --quiet -e '.[test,onnx,train,ray]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -45,7 +47,17 @@ lint: $(STAMP)
 test: lint test-backend test-plugin
 
 test-backend: $(STAMP)
-	$(PY) -m pytest tests --ignore=tests/plugin -q
+	$(PY) -m pytest tests --ignore=tests/plugin -q -m "not cluster"
+
+# A head node and a second worker node (one CPU, a small object store each) started by the test and stopped
+# at its end; `saig index build --ray` on them must equal the single-process build and resume.
+test-cluster: $(STAMP)
+	$(PY) -m pytest tests -q -m cluster -p no:cacheprovider
+
+# Every figure of docs/benchmarks.md comes from benchmarks/results/*.json (each benchmark
+# script writes its own file; see benchmarks/record.py).
+bench-report: $(STAMP)
+	$(PY) scripts/bench_report.py
 
 test-plugin: qgis $(STAMP)
 	@if [ ! -d tests/plugin ]; then echo "no plugin tests yet"; \

@@ -1,29 +1,26 @@
-"""Reference-index search speed and accuracy, printed as ONE JSON object on stdout.
+"""Reference-index search speed and accuracy in memory (1M x 384): writes benchmarks/results/search.json.
 
-For each (count, dim) it compares, in the same run and on the same queries: numpy brute force,
-exact FAISS (``IndexFlatIP``) and the compressed kind ``saig index build --index-type ivfpq``
-builds: ``pcasq`` (the ``auto`` choice past 200,000 chips) and ``ivfpq``, at several ``nprobe``
-values, plus a 4-bit fast-scan PQ for reference. Left out: OPQ (its training took 7 minutes at 200k
-vectors on 2 cores for recall below pcasq's) and HNSW (its level-0 graph alone stores 2 x 32 links of
-4 bytes, 256 bytes per chip, twice the budget). Reported per index: p50/p90 latency of one top-20 query (single query,
-all threads), recall@10 against exact search (10-recall@10, the strict overlap of the two top-10
-lists; 1-recall@10, the exact nearest neighbour within the top 10, is printed too), and bytes per chip
-(serialized index size / count).
+For each (count, dim) it compares, in the same run and on the same 200 queries: the numpy brute force
+(``data @ q.T`` and, for the record, the slower ``q @ data.T``), exact FAISS (``IndexFlatIP``) and the
+compressed kinds ``saig index build`` makes, ``pcasq`` (the ``auto`` choice past 200,000 chips) and
+``ivfpq``, at several ``nprobe`` values, with and without exact re-ranking of their best 64
+candidates (float16 vectors read by row from a file, as ``saig locate`` does). Compressed indexes
+search on ONE thread (what ``saig locate`` uses); the brute-force baselines use every core.
 
-Data: real descriptors of a trained model are not available at 1M scale, so vectors are synthetic
-but structured like descriptors: ``normalize(z @ A + 0.25 * e)``, z ~ N(0, I_32) in a 32-d latent
-space, A a fixed random (32, D) map, e isotropic noise; queries are fresh draws from the same
-distribution. (Isotropic random vectors, where all neighbours are nearly equidistant, would make
-any compressed index look useless and no trained encoder produces them.) Vectors are generated and
-added in chunks so memory stays at the index size plus one copy of the vectors.
+Reported per index: p50/p90 latency of one top-20 query, 10-recall@10 against exact search (the
+strict overlap of the two top-10 lists), 1-recall@10 (the exact nearest neighbour within the top
+10), bytes per chip held in memory (serialized index / count) and on disk (plus the vectors file).
 
-    python benchmarks/search.py                      # 1M x 384 and 100k x 3072 (~10-20 min on 2 cores)
-    python benchmarks/search.py --count 200000 --big-count 50000     # quicker
+Data: ``normalize(z @ A + 0.25 * e)``, z ~ N(0, I_32) in a 32-d latent space, A a fixed random (32, D)
+map, e isotropic noise; queries are fresh draws. Such vectors favour a PCA index by construction:
+``benchmarks/descriptors.py`` measures the same kinds on descriptors of real models.
+
+    python benchmarks/search.py              # 1M x 384 and 100k x 3072 (~15-30 min on 2 cores)
+    python benchmarks/search.py --quick      # 200k x 384 and 20k x 3072
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -34,31 +31,40 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import record
 from tiling import search
 
 LATENT = 32
 NOISE = 0.25
 K = 20
+QUERIES = 200
 
 
-def make_data(count: int, dim: int, seed: int, chunk: int = 100_000):
-    rng = np.random.default_rng(seed)
-    basis = rng.normal(size=(LATENT, dim)).astype(np.float32) / np.sqrt(LATENT)
+def draw(n: int, dim: int, basis: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``n`` structured unit vectors (see the module docstring)."""
+    x = rng.normal(size=(n, LATENT)).astype(np.float32) @ basis
+    x += NOISE * rng.normal(size=(n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
 
-    def draw(n: int, r: np.random.Generator) -> np.ndarray:
-        x = r.normal(size=(n, LATENT)).astype(np.float32) @ basis
-        x += NOISE * r.normal(size=(n, dim)).astype(np.float32)  # per coordinate, as the latent part (std 1)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        return x
 
+def basis_for(dim: int, seed: int) -> np.ndarray:
+    """The fixed latent-to-descriptor map of a data set."""
+    return np.random.default_rng(seed).normal(size=(LATENT, dim)).astype(np.float32) / np.sqrt(LATENT)
+
+
+def make_data(count: int, dim: int, seed: int, chunk: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
+    """(data, queries), generated chunk by chunk (the same chunks whatever the count)."""
+    basis = basis_for(dim, seed)
     data = np.empty((count, dim), np.float32)
     for i0 in range(0, count, chunk):
-        data[i0:i0 + chunk] = draw(min(chunk, count - i0), np.random.default_rng(seed * 1000 + i0 // chunk + 1))
-    queries = draw(200, np.random.default_rng(seed + 99))
-    return data, queries
+        rng = np.random.default_rng(seed * 1000 + i0 // chunk + 1)
+        data[i0:i0 + chunk] = draw(min(chunk, count - i0), dim, basis, rng)
+    return data, draw(QUERIES, dim, basis, np.random.default_rng(seed + 99))
 
 
 def latencies(fn, queries: np.ndarray) -> tuple[float, float]:
+    """p50 and p90 in ms of ``fn`` on one query at a time (after one warm-up call)."""
     fn(queries[:1])
     times = []
     for q in queries:
@@ -79,97 +85,104 @@ def nn_recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def index_bytes(index) -> int:
+    """Serialized size of an in-memory index: what it holds in RAM."""
     import faiss
 
-    with tempfile.NamedTemporaryFile(suffix=".faiss") as f:
-        faiss.write_index(index, f.name)
-        return os.path.getsize(f.name)
+    return int(faiss.serialize_index(index).size)
 
 
-def run_case(count: int, dim: int, variants: bool) -> dict:
+def brute_force(data: np.ndarray, queries: np.ndarray, transposed_product: bool = False) -> np.ndarray:
+    """Exact top-K ids by a numpy matrix product (``data @ q.T``, or ``q @ data.T``)."""
+    s = (queries @ data.T) if transposed_product else (data @ queries.T).T
+    top = np.argpartition(-s, K, axis=1)[:, :K]
+    rows = np.arange(len(queries))[:, None]
+    return top[rows, np.argsort(-s[rows, top], axis=1)]
+
+
+def measure_kind(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray, store, out: list) -> None:
+    """Build one compressed kind and measure it at several nprobe, with and without re-ranking."""
+    import faiss
+
+    count, dim = data.shape
+    t = time.perf_counter()
+    index = search.build(kind, dim, count, lambda: (data[i:i + 100_000] for i in range(0, count, 100_000)))
+    build_s = time.perf_counter() - t
+    ivf = faiss.extract_index_ivf(index)
+    default = search.default_nprobe(index)
+    ram = index_bytes(index) / count
+    for nprobe in sorted({max(1, ivf.nlist // 32), max(1, ivf.nlist // 16), default, min(ivf.nlist, 2 * default)}):
+        ivf.nprobe = nprobe
+        for rerank in (False, True):
+            st = store if rerank else None
+            _, found = search.search(index, queries, K, store=st)
+            p50, p90 = latencies(lambda q, st=st, ix=index: search.search(ix, q, K, store=st), queries)
+            out.append({"index": search.factory_string(kind, dim, count), "kind": kind, "nprobe": nprobe,
+                        "default": nprobe == default, "rerank": search.RERANK if rerank else 0,
+                        "p50_ms": round(p50, 3), "p90_ms": round(p90, 3),
+                        "recall_10_at_10": round(recall_at_10(found, truth), 4),
+                        "recall_1_at_10": round(nn_recall_at_10(found, truth), 4),
+                        "ram_bytes_per_chip": round(ram, 1),
+                        "disk_bytes_per_chip": round(ram + (2 * dim if rerank else 0), 1),
+                        "build_s": round(build_s, 1)})
+            print(out[-1], file=sys.stderr, flush=True)
+    del index
+
+
+def run_case(count: int, dim: int, kinds: tuple[str, ...]) -> dict:
+    """Every index of one (count, dim) case."""
     import faiss
 
     t0 = time.perf_counter()
     data, queries = make_data(count, dim, seed=dim)
-    gen_s = time.perf_counter() - t0
-    out: dict = {"count": count, "dim": dim, "generate_s": round(gen_s, 1), "indexes": []}
-
-    def brute(q):
-        s = q @ data.T
-        top = np.argpartition(-s, K, axis=1)[:, :K]
-        return top[np.arange(len(q))[:, None], np.argsort(-s[np.arange(len(q))[:, None], top], axis=1)]
-
-    p50, p90 = latencies(brute, queries[:10])
-    out["numpy_brute_force"] = {"p50_ms": round(p50, 2), "p90_ms": round(p90, 2), "bytes_per_chip": 4 * dim}
-
+    case: dict = {"count": count, "dim": dim, "generate_s": round(time.perf_counter() - t0, 1)}
+    rows: list[dict] = []
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    for name, transposed in (("numpy data @ q.T (all cores)", False), ("numpy q @ data.T (all cores)", True)):
+        p50, p90 = latencies(lambda q, tr=transposed: brute_force(data, q, tr), queries[:5])
+        rows.append({"index": name, "p50_ms": round(p50, 2), "p90_ms": round(p90, 2), "recall_10_at_10": 1.0,
+                     "ram_bytes_per_chip": 4 * dim})
     flat = faiss.IndexFlatIP(dim)
     flat.add(data)
     _, truth = flat.search(queries, K)
-    p50, p90 = latencies(lambda q, index=flat: index.search(q, K), queries[:50])
-    out["indexes"].append({"name": "Flat (exact)", "p50_ms": round(p50, 2), "p90_ms": round(p90, 2),
-                           "recall@10": 1.0, "bytes_per_chip": round(index_bytes(flat) / count, 1)})
+    faiss.omp_set_num_threads(1)
+    p50, p90 = latencies(lambda q, ix=flat: ix.search(q, K), queries[:20])
+    rows.append({"index": "Flat (exact, one thread)", "p50_ms": round(p50, 2), "p90_ms": round(p90, 2),
+                 "recall_10_at_10": 1.0, "ram_bytes_per_chip": 4 * dim})
     del flat
-
-    def chunks():
-        return (data[i:i + 100_000] for i in range(0, count, 100_000))
-
-    def measure(name: str, index, knob: str, values: list[int], build_s: float) -> None:
-        size = index_bytes(index) / count
-        for v in values:
-            if knob == "nprobe":
-                faiss.extract_index_ivf(index).nprobe = v
-            elif knob == "efSearch":
-                faiss.downcast_index(index).hnsw.efSearch = v
-            _, found = index.search(queries, K)
-            p50, p90 = latencies(lambda q: index.search(q, K), queries)
-            out["indexes"].append({"name": name, knob: v, "p50_ms": round(p50, 3), "p90_ms": round(p90, 3),
-                                   "recall@10": round(recall_at_10(found, truth), 4),
-                                   "1-recall@10": round(nn_recall_at_10(found, truth), 4),
-                                   "bytes_per_chip": round(size, 1), "build_s": round(build_s, 1)})
-            print(json.dumps(out["indexes"][-1]), file=sys.stderr, flush=True)
-
-    for kind in ("pcasq", "ivfpq"):
-        t = time.perf_counter()
-        index = search.build(kind, dim, count, chunks)
-        nlist = faiss.extract_index_ivf(index).nlist
-        default = search.default_nprobe(index)
-        probes = sorted({max(1, nlist // 16), max(1, nlist // 8), default, min(nlist, 2 * default)})
-        label = search.factory_string(kind, dim, count) + (" (saig auto)" if kind == search.choose_kind("auto", 10 ** 9)
-                                                            else f" (--index-type {kind})")
-        measure(label, index, "nprobe", probes, time.perf_counter() - t)
-        del index
-    if variants:
-        nlist = int(search.factory_string("ivfpq", dim, count).split(",")[0][3:])
-        m = int(search.factory_string("ivfpq", dim, count).split("PQ")[1])
-        factory = f"IVF{nlist},PQ{2 * m}x4fs"
-        t = time.perf_counter()
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-        index.train(data[: search.train_size("ivfpq", dim, count)])
-        for block in chunks():
-            index.add(block)
-        measure(factory, index, "nprobe", [64, 128, 256], time.perf_counter() - t)
-        del index
-    return out
+    with tempfile.TemporaryDirectory(prefix="saig-bench-search-") as tmp:
+        path = search.VectorStore.write(Path(tmp) / "vectors.f16", count, dim,
+                                        lambda: (data[i:i + 100_000] for i in range(0, count, 100_000)))
+        with search.VectorStore(path, count, dim) as store:
+            for kind in kinds:
+                measure_kind(kind, data, queries, truth, store, rows)
+    case["indexes"] = rows
+    return case
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--count", type=int, default=1_000_000, help="chips at 384-d")
-    ap.add_argument("--big-count", type=int, default=100_000,
-                    help="chips at 3072-d (1M x 3072 float32 is 12 GB); 0 skips the case")
-    ap.add_argument("--no-variants", action="store_true", help="only the kinds saig builds")
-    ap.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads (default: all cores)")
+    ap.add_argument("--quick", action="store_true", help="200k x 384 and 20k x 3072")
+    ap.add_argument("--count", type=int, default=None, help="chips at 384-d (default 1M; quick 200k)")
+    ap.add_argument("--big-count", type=int, default=None, help="chips at 3072-d (default 100k; quick 20k; 0 skips)")
+    record.add_results_arg(ap)
     args = ap.parse_args()
-    import faiss
-
-    if args.threads:
-        faiss.omp_set_num_threads(args.threads)
-
-    cases = [run_case(args.count, 384, not args.no_variants)]
-    if args.big_count:
-        cases.append(run_case(args.big_count, 3072, False))
-    print(json.dumps({"benchmark": "search", "k": K, "threads": faiss.omp_get_max_threads(),
-                      "load_average": os.getloadavg(), "cases": cases}))
+    count = args.count or (200_000 if args.quick else 1_000_000)
+    big = args.big_count if args.big_count is not None else (20_000 if args.quick else 100_000)
+    run = record.Run("search", "Search in memory", "python benchmarks/search.py" + (" --quick" if args.quick else ""),
+                     "quick" if args.quick else "full")
+    cases = [run_case(count, 384, ("pcasq", "ivfpq"))]
+    if big:
+        cases.append(run_case(big, 3072, ("pcasq",)))
+    best = next(r for r in cases[0]["indexes"] if r.get("kind") == "pcasq" and r["default"] and r["rerank"])
+    scale = f"{count // 1000}k x 384" if count < 1_000_000 else f"{count / 1e6:g}M x 384"
+    run.goal(f"pcasq p50, one thread, {scale}", best["p50_ms"], "<=", 5.0, "ms")
+    run.goal(f"pcasq 10-recall@10 (re-ranked), {scale}", best["recall_10_at_10"], ">=", 0.95)
+    run.goal(f"pcasq bytes per chip in RAM, {scale}", best["ram_bytes_per_chip"], "<=", 128.0, "B")
+    brute, slow = cases[0]["indexes"][0]["p50_ms"], cases[0]["indexes"][1]["p50_ms"]
+    run.note(f"numpy brute force: data @ q.T is {slow / brute:.1f}x faster than q @ data.T on this machine.")
+    run.note("Vectors are synthetic with a 32-d latent structure (module docstring of benchmarks/search.py); "
+             "benchmarks/descriptors.py measures real models' descriptors.")
+    run.write({f"{c['count']:,} x {c['dim']}": c["indexes"] for c in cases}, args.results_dir)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", default="auto", choices=("auto", "memory", "disk"),
                    help="where a compressed index keeps its inverted lists: memory, or disk (memory-mapped lists and "
                         f"a GeoParquet manifest, for big indexes); auto = disk from {ONDISK_MIN:,} chips")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="encode on a Ray cluster (read tasks on CPU workers, encoding actors, one GPU each when there "
+                        "are GPUs): its address (e.g. 10.0.0.1:6379), or none to start Ray on this machine; rasters, "
+                        "checkpoint and output on storage every node sees; needs the 'ray' extra")
     p.add_argument("--shard-size", type=int, default=1024,
                    help="chips per committed shard: how much work a killed build can lose (default 1024)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
@@ -106,7 +110,7 @@ def cmd_index_build(args: argparse.Namespace, reporter: Reporter) -> int:
 
     opts = BuildOptions(checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
                         index_type=args.index_type, storage=args.storage, overwrite=args.overwrite,
-                        shard_chips=args.shard_size)
+                        shard_chips=args.shard_size, ray=args.ray)
     result = build_index(args.rasters, args.chip_size_m, args.stride_m, args.out, opts, reporter,
                          chip_kwargs=dict(min_valid=args.min_valid, grid=args.grid, grid_crs=args.grid_crs,
                                           zoom=args.zoom))

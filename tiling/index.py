@@ -72,6 +72,7 @@ class BuildOptions:
     batch_size: int = 32
     index_type: str = "auto"
     storage: str = "auto"  # auto | memory | disk: where the inverted lists live (search.choose_storage)
+    ray: str | None = None  # encode on a Ray cluster: its address, or "local" (tiling.cluster)
     overwrite: bool = False
     shard_chips: int = 1024  # chips per committed shard: the granularity of resume
 
@@ -248,7 +249,12 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
             prog = _load_progress(shard_dir)
             if prog.shards:
                 reporter.log(f"resuming {work}: {prog.count} chips already encoded in {len(prog.shards)} shard(s)")
-            _encode(planner, encoder, prog, shard_dir, opts, reporter, failed, aerial if polar else None)
+            encode = _encode
+            if opts.ray is not None:
+                from tiling.cluster import encode_on_ray
+
+                encode = encode_on_ray
+            encode(planner, encoder, prog, shard_dir, opts, reporter, failed, aerial if polar else None)
             _finalise(work, planner, params, model, fingerprint, opts, reporter, polar, key)
         shutil.rmtree(shard_dir, ignore_errors=True)  # complete (now or by a killed run): drop the journal
         state_file.unlink(missing_ok=True)
@@ -260,14 +266,23 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
         return BuildResult(out, meta["count"], meta["crs"], fingerprint, failed)
 
 
-def _encode(planner, encoder, prog: _Progress, shard_dir: Path, opts: BuildOptions, reporter: Reporter,
-            failed: list[str], polar_size: tuple[int, int] | None) -> None:
-    """Encode every remaining chip, committing a shard every ``opts.shard_chips`` chips and at the end."""
+def encode_chips(encoder, batch: np.ndarray, polar_size: tuple[int, int] | None) -> np.ndarray:
+    """Descriptors of a batch of chips (B, H, W, 3) uint8: normalised as in training, polar-transformed to
+    ``polar_size`` when the model was trained on polar aerials."""
     import torch
 
     from saig_core.data.preprocess import MEAN, STD
     from saig_core.data.transforms import polar_transform
 
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0).sub_(MEAN).div_(STD)
+    if polar_size is not None:
+        x = torch.stack([polar_transform(xi, polar_size) for xi in x])
+    return encoder.encode("aerial", x).numpy()
+
+
+def _encode(planner, encoder, prog: _Progress, shard_dir: Path, opts: BuildOptions, reporter: Reporter,
+            failed: list[str], polar_size: tuple[int, int] | None) -> None:
+    """Encode every remaining chip, committing a shard every ``opts.shard_chips`` chips and at the end."""
     total = planner.count()
     q: queue.Queue = queue.Queue(maxsize=PREFETCH)
     stop = threading.Event()
@@ -308,10 +323,7 @@ def _encode(planner, encoder, prog: _Progress, shard_dir: Path, opts: BuildOptio
                     commit()
                     break
                 _, chips, batch, next_seq, skipped = item
-                x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0).sub_(MEAN).div_(STD)
-                if polar_size is not None:
-                    x = torch.stack([polar_transform(xi, polar_size) for xi in x])
-                d = encoder.encode("aerial", x).numpy()
+                d = encode_chips(encoder, batch, polar_size)
                 pending_desc.append(d)
                 pending_rec.extend(chip_records(chips))
                 pending_skipped += skipped

@@ -5,10 +5,10 @@ Kinds (``--index-type``):
 * ``flat``: exact ``IndexFlatIP``; 4 x D bytes per chip. Used by ``auto`` up to :data:`FLAT_MAX` chips
   (at 200,000 x 384-d: 307 MB, exact search in a few tens of ms on 2 cores).
 * ``pcasq``: ``PCAR{R},IVF{nlist},SQ8``: a PCA rotation to R = min(96, D) dimensions, an inverted file
-  with ``nlist`` about sqrt(count) (a power of two) probed in a quarter of its lists, and 8-bit
+  with ``nlist`` about 4 sqrt(count) (a power of two) probed in an eighth of its lists, and 8-bit
   scalar codes: R + 8 (the id an IVF list stores) bytes per chip, 104 at 384-d and 3072-d. ``auto``
   above FLAT_MAX. It relies on descriptors having most of their variance in R dimensions, as trained
-  embeddings do.
+  embeddings do; re-ranking (below) removes the ceiling the PCA puts on its recall.
 * ``ivfpq``: ``IVF{nlist},PQ{M}`` (8-bit codes, M the largest divisor of D not above min(120, D/2)):
   the same budget, lower recall in ``benchmarks/search.py``; kept selectable.
 
@@ -43,7 +43,7 @@ ONDISK_MIN = 2_000_000  # ``auto`` storage: inverted lists on disk from this man
 RERANK = 64  # candidates the compressed index proposes for exact re-ranking (at least k)
 SHARD_ROWS = 1 << 20  # vectors per shard index when building on-disk lists
 VECTORS_FILE, IVFDATA_FILE = "vectors.f16", "index.ivfdata"
-NPROBE = 64
+NPROBE_FRACTION = 8  # probe nlist / 8 lists
 KINDS = ("flat", "pcasq", "ivfpq")
 INDEX_KINDS = ("auto", *KINDS)  # what ``--index-type`` accepts
 PCA_DIM = 96
@@ -68,7 +68,7 @@ def factory_string(kind: str, dim: int, count: int) -> str:
     """The FAISS factory string of an index kind for ``count`` vectors of ``dim``."""
     if kind == "flat":
         return "Flat"
-    nlist = int(min(65536, max(16, 2 ** round(math.log2(math.sqrt(max(count, 1)))))))
+    nlist = int(min(65536, max(16, 2 ** round(math.log2(4 * math.sqrt(max(count, 1)))))))
     if kind == "pcasq":
         return f"PCA{min(PCA_DIM, dim)}(uncentred),IVF{nlist},SQ8"
     m = max(d for d in range(1, min(120, max(1, dim // 2)) + 1) if dim % d == 0)
@@ -120,7 +120,7 @@ def train_size(kind: str, dim: int, count: int) -> int:
     if kind == "flat":
         return 0
     nlist = int(factory_string(kind, dim, count).split("IVF")[1].split(",")[0])
-    return max(50 * nlist, 20_000)
+    return max(40 * nlist, 20_000)
 
 
 def training_sample(kind: str, dim: int, count: int, chunks: Callable[[], Iterable[np.ndarray]]) -> np.ndarray | None:
@@ -266,7 +266,7 @@ def read_index(path: str | os.PathLike):
 
 
 def default_nprobe(index) -> int | None:
-    """Lists probed per query (measured in benchmarks/search.py): a quarter for pcasq, 64 for ivfpq."""
+    """Lists probed per query: an eighth of them (measured in benchmarks/search.py and search_scale.py)."""
     import faiss
 
     ivf = faiss.try_extract_index_ivf(index)
@@ -275,10 +275,7 @@ def default_nprobe(index) -> int | None:
 
 def _ivf_nprobe(index, ivf) -> int:
     """:func:`default_nprobe` of an index whose inverted file is ``ivf``."""
-    import faiss
-
-    pretransformed = isinstance(faiss.downcast_index(index), faiss.IndexPreTransform)
-    return max(1, ivf.nlist // 4) if pretransformed else min(ivf.nlist, NPROBE)
+    return max(1, ivf.nlist // NPROBE_FRACTION)
 
 
 def set_search_defaults(index, nprobe: int | None = None) -> None:
@@ -331,13 +328,14 @@ class VectorStore:
         if ids.min() < 0 or ids.max() >= self.count:
             raise IndexError(f"{self.path}: id out of range 0..{self.count - 1}")
         uniq, inverse = np.unique(ids, return_inverse=True)
-        breaks = np.flatnonzero(np.diff(uniq) > gap) + 1
+        starts = np.flatnonzero(np.diff(uniq, prepend=-gap - 1) > gap).tolist()
+        ends = [*starts[1:], uniq.size]
         rows = np.empty((uniq.size, self.dim), np.float32)
-        for part_ids, at in zip(np.split(uniq, breaks), np.split(np.arange(uniq.size), breaks), strict=True):
-            first, last = int(part_ids[0]), int(part_ids[-1])
+        for a, b in zip(starts, ends, strict=True):
+            first, last = int(uniq[a]), int(uniq[b - 1])
             raw = os.pread(self._fd, (last - first + 1) * self.row_bytes, first * self.row_bytes)
             block = np.frombuffer(raw, self.DTYPE).reshape(-1, self.dim)
-            rows[at] = block[part_ids - first]
+            rows[a:b] = block if b - a == last - first + 1 else block[uniq[a:b] - first]
         out[:] = rows[inverse.ravel()]
         return out
 
