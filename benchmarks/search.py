@@ -42,8 +42,8 @@ QUERIES = 200
 
 def draw(n: int, dim: int, basis: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``n`` structured unit vectors (see the module docstring)."""
-    x = rng.normal(size=(n, LATENT)).astype(np.float32) @ basis
-    x += NOISE * rng.normal(size=(n, dim)).astype(np.float32)
+    x = rng.standard_normal((n, LATENT), dtype=np.float32) @ basis
+    x += NOISE * rng.standard_normal((n, dim), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x
 

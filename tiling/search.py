@@ -30,8 +30,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
 import sys
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -47,6 +49,9 @@ NPROBE_FRACTION = 8  # probe nlist / 8 lists
 KINDS = ("flat", "pcasq", "ivfpq")
 INDEX_KINDS = ("auto", *KINDS)  # what ``--index-type`` accepts
 PCA_DIM = 96
+HNSW_QUANTIZER_MIN = 8192  # from this many lists the coarse quantizer is an HNSW graph over the centroids, so
+# assigning a vector to its list costs ~log(nlist) instead of nlist dot products (10M chips: 16,384 lists)
+KMEANS_NITER = 10  # k-means iterations of the coarse quantizer (FAISS: 25): its cost grows as N x nlist
 
 
 def describe_index_kinds() -> str:
@@ -69,10 +74,17 @@ def factory_string(kind: str, dim: int, count: int) -> str:
     if kind == "flat":
         return "Flat"
     nlist = int(min(65536, max(16, 2 ** round(math.log2(4 * math.sqrt(max(count, 1)))))))
+    ivf = f"IVF{nlist}" + ("_HNSW32" if nlist >= HNSW_QUANTIZER_MIN else "")
     if kind == "pcasq":
-        return f"PCA{min(PCA_DIM, dim)}(uncentred),IVF{nlist},SQ8"
+        return f"PCA{min(PCA_DIM, dim)}(uncentred),{ivf},SQ8"
     m = max(d for d in range(1, min(120, max(1, dim // 2)) + 1) if dim % d == 0)
-    return f"IVF{nlist},PQ{m}"
+    return f"{ivf},PQ{m}"
+
+
+def nlist_of(factory: str) -> int:
+    """The number of inverted lists in a factory string (0 for Flat)."""
+    found = re.search(r"IVF(\d+)", factory)
+    return int(found.group(1)) if found else 0
 
 
 def make_index(kind: str, dim: int, count: int, sample: np.ndarray | None = None):
@@ -85,9 +97,12 @@ def make_index(kind: str, dim: int, count: int, sample: np.ndarray | None = None
             raise ValueError("a pcasq index needs a training sample")
         reduced = min(PCA_DIM, dim)
         inner = faiss.index_factory(reduced, factory.split(",", 1)[1], faiss.METRIC_INNER_PRODUCT)
+        faiss.extract_index_ivf(inner).cp.niter = KMEANS_NITER
         return faiss.IndexPreTransform(uncentred_pca(sample, reduced), inner)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.cp.niter = KMEANS_NITER
     ivfpq = faiss.downcast_index(ivf) if ivf is not None else None
     # (only an IndexIVFPQ has polysemous training among IVF indexes; the stubs do not declare the flag)
     if isinstance(ivfpq, faiss.IndexIVFPQ) and hasattr(ivfpq, "do_polysemous_training"):
@@ -119,7 +134,7 @@ def train_size(kind: str, dim: int, count: int) -> int:
     """How many training vectors a kind wants (0 for flat)."""
     if kind == "flat":
         return 0
-    nlist = int(factory_string(kind, dim, count).split("IVF")[1].split(",")[0])
+    nlist = nlist_of(factory_string(kind, dim, count))
     return max(40 * nlist, 20_000)
 
 
@@ -167,25 +182,31 @@ def choose_storage(storage: str, kind: str, count: int) -> str:
 
 def write_index_files(folder: str | os.PathLike, kind: str, dim: int, count: int,
                       chunks: Callable[[], Iterable[np.ndarray]], storage: str = "memory",
-                      index_file: str = "index.faiss") -> dict:
+                      index_file: str = "index.faiss", timings: dict | None = None) -> dict:
     """Build an index of ``kind`` into ``folder`` and return what its metadata records.
 
     Writes ``index_file`` (each file under a temporary name, then renamed), plus, for compressed kinds,
     ``vectors.f16`` (the exact descriptors for re-ranking) and with ``storage="disk"`` ``index.ivfdata``
-    (the inverted lists, built shard by shard and merged on disk).
+    (the inverted lists, built shard by shard and merged on disk). ``timings`` receives the seconds of
+    each step (for benchmarks).
     """
     import faiss
 
     folder = Path(folder)
     files = [index_file]
-    if kind != "flat":
-        VectorStore.write(folder / VECTORS_FILE, count, dim, chunks)
-        files.append(VECTORS_FILE)
-    if storage == "disk":
-        index = _build_on_disk(folder, kind, dim, count, chunks)
-        files.append(IVFDATA_FILE)
+    timings = {} if timings is None else timings
+    if storage == "disk":  # the vectors are written in the same pass as the shards are filled
+        index = _build_on_disk(folder, kind, dim, count, chunks, timings)
+        files += [VECTORS_FILE, IVFDATA_FILE]
     else:
+        t = time.perf_counter()
+        if kind != "flat":
+            VectorStore.write(folder / VECTORS_FILE, count, dim, chunks)
+            files.append(VECTORS_FILE)
+        timings["vectors_s"] = time.perf_counter() - t
+        t = time.perf_counter()
         index = build(kind, dim, count, chunks)
+        timings["build_s"] = time.perf_counter() - t
     tmp = folder / f".{index_file}.tmp"
     faiss.write_index(index, str(tmp))
     os.replace(tmp, folder / index_file)
@@ -195,29 +216,43 @@ def write_index_files(folder: str | os.PathLike, kind: str, dim: int, count: int
             "files": files}
 
 
-def _build_on_disk(folder: Path, kind: str, dim: int, count: int, chunks: Callable[[], Iterable[np.ndarray]]):
+def _build_on_disk(folder: Path, kind: str, dim: int, count: int, chunks: Callable[[], Iterable[np.ndarray]],
+                   timings: dict):
     """Train once, fill shard indexes of SHARD_ROWS vectors each, merge them into ``index.ivfdata``."""
     import faiss
     from faiss.contrib.ondisk import merge_ondisk
 
+    t = time.perf_counter()
     sample = training_sample(kind, dim, count, chunks)
+    timings["sample_s"] = time.perf_counter() - t
     trained = make_index(kind, dim, count, sample)
     trained.train(sample)
+    timings["train_s"] = time.perf_counter() - t - timings["sample_s"]
+    t = time.perf_counter()
     shard_dir = folder / ".ivf-shards"
     shutil.rmtree(shard_dir, ignore_errors=True)
     shard_dir.mkdir(parents=True)
     try:
         names = []
-        for k, (first, block) in enumerate(_regroup(chunks(), SHARD_ROWS)):
-            shard = faiss.clone_index(trained)
-            shard.add_with_ids(block, np.arange(first, first + len(block), dtype=np.int64))
-            names.append(str(shard_dir / f"shard-{k:05d}.faiss"))
-            faiss.write_index(shard, names[-1])
-            del shard
+
+        def add_shards(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+            """Fill and write one shard index per SHARD_ROWS vectors, passing the vectors on."""
+            for k, (first, block) in enumerate(_regroup(blocks, SHARD_ROWS)):
+                shard = faiss.clone_index(trained)
+                shard.add_with_ids(block, np.arange(first, first + len(block), dtype=np.int64))
+                names.append(str(shard_dir / f"shard-{k:05d}.faiss"))
+                faiss.write_index(shard, names[-1])
+                del shard
+                yield block
+
+        VectorStore.write(folder / VECTORS_FILE, count, dim, lambda: add_shards(chunks()))
+        timings["add_s"] = time.perf_counter() - t
+        t = time.perf_counter()
         ivfdata = folder / IVFDATA_FILE
         ivfdata.unlink(missing_ok=True)
         with _c_stdout_to_stderr():
             merge_ondisk(trained, names, str(ivfdata))
+        timings["merge_s"] = time.perf_counter() - t
     finally:
         shutil.rmtree(shard_dir, ignore_errors=True)
     set_search_defaults(trained)
