@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import argparse
 
-from saig_core.runtime.args import add_device_arg, parse_size
+from saig_core.runtime.args import (
+    add_device_arg,
+    fov_degrees,
+    fraction,
+    image_size,
+    int_range,
+    make_parents,
+    output_file,
+    output_path,
+    positive_finite_float,
+    positive_int,
+)
 from saig_core.runtime.progress import Reporter
 from tiling.search import INDEX_KINDS, ONDISK_MIN, describe_index_kinds
 
@@ -18,9 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tile", help="cut orthophotos into georeferenced chips; write the manifest (GeoPackage)")
     p.add_argument("rasters", nargs="+", metavar="ORTHO", help="GeoTIFF orthophotos (overlaps: the first given wins)")
     _chip_args(p)
-    p.add_argument("--aerial-size", type=parse_size, default=(256, 256), metavar="HxW",
+    p.add_argument("--aerial-size", type=image_size, default=(256, 256), metavar="HxW",
                    help="chip size in pixels (the model's aerial input; default 256x256)")
-    p.add_argument("--out", required=True, help="output GeoPackage (layer 'chips')")
+    p.add_argument("--out", required=True, type=output_file,
+                   help="output GeoPackage (layer 'chips'; missing parent folders are created)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     p.set_defaults(func=cmd_tile)
@@ -31,9 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("rasters", nargs="+", metavar="ORTHO", help="GeoTIFF orthophotos (overlaps: the first given wins)")
     p.add_argument("--checkpoint", required=True, help="model checkpoint (its aerial branch encodes the chips)")
     _chip_args(p)
-    p.add_argument("--out", required=True, help="output index folder (appears only when complete)")
+    p.add_argument("--out", required=True, type=output_path,
+                   help="output index folder (appears only when complete; missing parent folders are created)")
     add_device_arg(p)
-    p.add_argument("--batch-size", type=int, default=32, help="chips per encoder batch (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="chips per encoder batch (default 32)")
     p.add_argument("--index-type", default="auto", choices=INDEX_KINDS, help=describe_index_kinds())
     p.add_argument("--storage", default="auto", choices=("auto", "memory", "disk"),
                    help="where a compressed index keeps its inverted lists: memory, or disk (memory-mapped lists and "
@@ -42,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="encode on a Ray cluster (read tasks on CPU workers, encoding actors, one GPU each when there "
                         "are GPUs): its address (e.g. 10.0.0.1:6379), or none to start Ray on this machine; rasters, "
                         "checkpoint and output on storage every node sees; needs the 'ray' extra")
-    p.add_argument("--shard-size", type=int, default=1024,
+    p.add_argument("--shard-size", type=positive_int, default=1024,
                    help="chips per committed shard: how much work a killed build can lose (default 1024)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
@@ -58,33 +71,63 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("locate", help="rank candidate locations of ground photos against an index")
-    p.add_argument("photos", nargs="+", metavar="PHOTO_OR_DIR", help="JPEG/PNG/TIFF photos or folders of them")
+    p.add_argument("photos", nargs="+", metavar="PHOTO_OR_DIR",
+                   help="photos (JPEG, PNG, TIFF, WebP, HEIC/HEIF, AVIF, ...) or folders of them, searched recursively")
     p.add_argument("--index", required=True, metavar="INDEX_DIR")
     p.add_argument("--checkpoint", default=None,
                    help="model checkpoint (default: the one recorded in the index; must match its fingerprint)")
-    p.add_argument("-k", type=int, default=20, help="candidates per photo (default 20)")
-    p.add_argument("--prior-radius-m", type=float, default=None,
+    p.add_argument("-k", type=positive_int, default=20, help="candidates per photo (default 20)")
+    p.add_argument("--prior-radius-m", type=positive_finite_float, default=None,
                    help="only search chips within this distance of the photo's EXIF GPS position")
-    p.add_argument("--fov-deg", type=float, default=None,
+    p.add_argument("--fov-deg", type=fov_degrees, default=None,
                    help="horizontal field of view of normal photos (default: from the EXIF 35 mm focal length, "
                         "else the checkpoint's training FoV, else 90)")
-    p.add_argument("--out", required=True, help="output GeoPackage (layers 'candidates' and 'photos')")
-    p.add_argument("--heatmap-dir", default=None, help="write one Float32 GeoTIFF heatmap per photo here")
+    p.add_argument("--out", required=True, type=output_file,
+                   help="output GeoPackage (layers 'candidates' and 'photos'; missing parent folders are created)")
+    p.add_argument("--heatmap-dir", type=output_path, default=None,
+                   help="write one Float32 GeoTIFF heatmap per photo here (created when the first is written)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--panorama", dest="mode", action="store_const", const="panorama", default="auto",
+                      help="read every photo as a 360-degree equirectangular panorama (default: from XMP GPano "
+                           "metadata, else an aspect of about 2:1 or wider without a lens focal length)")
+    kind.add_argument("--photo", dest="mode", action="store_const", const="photo",
+                      help="read every photo as a limited field of view (never a panorama)")
     add_device_arg(p)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output GeoPackage")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output GeoPackage (or an unfinished run of it)")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted run of the same command: photos already located are not redone")
     p.add_argument("--json", action="store_true", help="print one JSON line per photo")
     p.set_defaults(func=cmd_locate)
 
 
 def _chip_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--chip-size-m", type=float, required=True, help="chip ground size in metres")
-    p.add_argument("--stride-m", type=float, required=True, help="distance between chip origins in metres")
-    p.add_argument("--min-valid", type=float, default=0.5,
+    p.add_argument("--chip-size-m", type=positive_finite_float, required=True, help="chip ground size in metres")
+    p.add_argument("--stride-m", type=positive_finite_float, required=True,
+                   help="distance between chip origins in metres")
+    p.add_argument("--min-valid", type=fraction, default=0.5,
                    help="skip chips with a smaller fraction of valid (not nodata/alpha/collar) pixels (default 0.5)")
     p.add_argument("--grid", choices=("auto", "xyz"), default="auto",
                    help="auto: the raster CRS when projected in metres, else UTM; xyz: web-mercator tiles")
-    p.add_argument("--grid-crs", default=None, help="force a projected metric grid CRS (e.g. EPSG:32633)")
-    p.add_argument("--zoom", type=int, default=None, help="XYZ zoom (default: closest to --chip-size-m)")
+    p.add_argument("--grid-crs", type=grid_crs, default=None,
+                   help="force a projected metric grid CRS (e.g. EPSG:32633)")
+    p.add_argument("--zoom", type=int_range(0, 24), default=None, help="XYZ zoom (default: closest to --chip-size-m)")
+
+
+def grid_crs(text: str) -> str:
+    """An argparse type: a CRS pyproj knows that is projected in metres (as the chip grid needs)."""
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    from tiling.grid import is_metric_projected
+
+    try:
+        crs = CRS.from_user_input(text)
+    except CRSError:
+        raise argparse.ArgumentTypeError(f"unknown CRS {text!r} (expected e.g. EPSG:32633, WKT or PROJ)") from None
+    if not is_metric_projected(crs):
+        raise argparse.ArgumentTypeError(f"{text} is not a projected CRS in metres (Mercators excluded)")
+    return text
 
 
 def _params(args: argparse.Namespace, out_size: tuple[int, int]):
@@ -98,6 +141,7 @@ def cmd_tile(args: argparse.Namespace, reporter: Reporter) -> int:
     """``saig tile``: cut the orthophotos into chips and write the manifest; exit 1 if any raster failed."""
     from tiling.tile import tile_rasters
 
+    make_parents(args.out)
     result = tile_rasters(args.rasters, _params(args, args.aerial_size), args.out, reporter, overwrite=args.overwrite)
     _report(args, reporter, f"wrote {result.count} chips ({result.crs}) to {result.output}",
             output=str(result.output), layer="chips", count=result.count, crs=result.crs)
@@ -108,6 +152,7 @@ def cmd_index_build(args: argparse.Namespace, reporter: Reporter) -> int:
     """``saig index build``: encode the orthophotos' chips into an index folder; exit 1 if any raster failed."""
     from tiling.index import BuildOptions, build_index
 
+    make_parents(args.out)
     opts = BuildOptions(checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
                         index_type=args.index_type, storage=args.storage, overwrite=args.overwrite,
                         shard_chips=args.shard_size, ray=args.ray)
@@ -158,8 +203,10 @@ def cmd_locate(args: argparse.Namespace, reporter: Reporter) -> int:
     """``saig locate``: rank candidate locations of the photos; exit 1 if any photo failed."""
     from tiling.locate import LocateOptions, locate_photos
 
+    make_parents(args.out)
     opts = LocateOptions(index=args.index, checkpoint=args.checkpoint, k=args.k, prior_radius_m=args.prior_radius_m,
                          fov_deg=args.fov_deg, heatmap_dir=args.heatmap_dir, device=args.device,
-                         overwrite=args.overwrite, json_lines=args.json or reporter.json)
+                         overwrite=args.overwrite, json_lines=args.json or reporter.json, mode=args.mode,
+                         resume=args.resume)
     failed = locate_photos(args.photos, args.out, opts, reporter)
     return 1 if failed else 0

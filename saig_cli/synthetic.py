@@ -7,6 +7,14 @@ from __future__ import annotations
 import argparse
 import time
 
+from saig_core.runtime.args import (
+    lonlat,
+    non_negative_float,
+    non_negative_int,
+    output_path,
+    positive_finite_float,
+    positive_int,
+)
 from saig_core.runtime.progress import Reporter
 
 
@@ -21,20 +29,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", required=True, type=_seeds,
                    help="world seed; with --pairs a comma-separated list of seeds (e.g. 11,12,13)")
-    p.add_argument("--size-m", type=float, default=2000.0, help="world side in metres (default 2000)")
-    p.add_argument("--resolution-m", type=float, default=0.5, help="ground sampling distance in metres (default 0.5)")
-    p.add_argument("--origin", type=_lonlat, default=(11.0, 48.0), metavar="LON,LAT",
+    p.add_argument("--size-m", type=positive_finite_float, default=2000.0, help="world side in metres (default 2000)")
+    p.add_argument("--resolution-m", type=positive_finite_float, default=0.5,
+                   help="ground sampling distance in metres (default 0.5)")
+    p.add_argument("--origin", type=lonlat, default=(11.0, 48.0), metavar="LON,LAT",
                    help="the world's centre in EPSG:4326 degrees (default 11.0,48.0: UTM zone 32N; write "
                         "--origin=-70.5,-33.4 for negative values)")
     p.add_argument("--crs", default=None, help="grid CRS, projected in metres (default: the UTM zone of --origin)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--photos", type=int, default=200, help="360° panoramas to shoot (default 200)")
-    p.add_argument("--fov-photos", type=int, default=0, help="90° photos at random headings (default 0)")
-    p.add_argument("--pairs", type=int, default=None, metavar="N",
+    p.add_argument("--out", required=True, type=output_path, help="output folder")
+    p.add_argument("--photos", type=non_negative_int, default=200, help="360° panoramas to shoot (default 200)")
+    p.add_argument("--fov-photos", type=non_negative_int, default=0, help="90° photos at random headings (default 0)")
+    p.add_argument("--pairs", type=positive_int, default=None, metavar="N",
                    help="write N training pairs per world (north-aligned panorama + aerial chip) instead of a "
                         "world with photos")
-    p.add_argument("--chip-size-m", type=float, default=64.0, help="with --pairs: aerial chip side (default 64 m)")
-    p.add_argument("--jitter-m", type=float, default=6.0,
+    p.add_argument("--chip-size-m", type=positive_finite_float, default=64.0,
+                   help="with --pairs: aerial chip side (default 64 m)")
+    p.add_argument("--jitter-m", type=non_negative_float, default=6.0,
                    help="with --pairs: max offset of the chip centre from the camera per axis (default 6 m)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a world already in --out (its photos listed in truth.csv are removed first)")
@@ -48,15 +58,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "its photos and score the candidates against truth.csv: writes OUT/report.json, the candidates "
                     "GeoPackage, heatmap GeoTIFFs and PNG overviews, and prints a table.",
     )
-    p.add_argument("--out", default="demo_out", help="output folder, replaced on each run (default demo_out)")
+    p.add_argument("--out", default="demo_out", type=output_path,
+                   help="output folder (default demo_out); a later run replaces what an earlier demo wrote there, "
+                        "and nothing else")
     p.add_argument("--checkpoint", default="models/demo.pt", help="model checkpoint (default models/demo.pt)")
-    p.add_argument("--seed", type=int, default=2026,
+    p.add_argument("--seed", type=non_negative_int, default=2026,
                    help="world seed (default 2026; training used 101-108 and 110-113, validation 109)")
-    p.add_argument("--size-m", type=float, default=2000.0, help="world side in metres (default 2000)")
-    p.add_argument("--photos", type=int, default=200, help="360° panoramas (default 200)")
-    p.add_argument("--fov-photos", type=int, default=50, help="90° photos (default 50)")
-    p.add_argument("--stride-m", type=float, default=16.0, help="index chip stride in metres (default 16)")
-    p.add_argument("--hit-radius-m", type=float, default=25.0,
+    p.add_argument("--size-m", type=positive_finite_float, default=2000.0, help="world side in metres (default 2000)")
+    p.add_argument("--photos", type=non_negative_int, default=200, help="360° panoramas (default 200)")
+    p.add_argument("--fov-photos", type=non_negative_int, default=50, help="90° photos (default 50)")
+    p.add_argument("--stride-m", type=positive_finite_float, default=16.0,
+                   help="index chip stride in metres (default 16)")
+    p.add_argument("--hit-radius-m", type=positive_finite_float, default=25.0,
                    help="a candidate within this distance of the true position is a hit (default 25 m)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.set_defaults(func=cmd_demo)
@@ -69,15 +82,10 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected an integer seed or a comma-separated list, got {text!r}") from None
     if not seeds:
         raise argparse.ArgumentTypeError("no seed given")
+    if min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"seeds must not be negative, got {text!r}")
     return seeds
 
-
-def _lonlat(text: str) -> tuple[float, float]:
-    try:
-        lon, lat = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LON,LAT in degrees, got {text!r}") from None
-    return (lon, lat)
 
 
 def cmd_synth(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -86,13 +94,8 @@ def cmd_synth(args: argparse.Namespace, reporter: Reporter) -> int:
     from synthetic_world.generate import PhotoPlan, synthesize_pairs, synthesize_world
     from synthetic_world.world import WorldConfig
 
-    for name in ("photos", "fov_photos"):
-        if getattr(args, name) < 0:
-            raise SaigError(f"--{name.replace('_', '-')} must not be negative")
     start = time.perf_counter()
     if args.pairs is not None:
-        if args.pairs < 1:
-            raise SaigError("--pairs must be at least 1")
         path = synthesize_pairs(args.seed, args.out, args.pairs, size_m=args.size_m, chip_size_m=args.chip_size_m,
                                 jitter_m=args.jitter_m, reporter=reporter)
         seconds = time.perf_counter() - start

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -24,7 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from saig_core.errors import SaigError
-from synthetic_world import io
+from synthetic_world import io, ownership
+
+#: What ``saig demo`` writes into its folder (recorded in ``.saig-demo.json``; see :mod:`synthetic_world.ownership`).
+DEMO_ENTRIES = ("world", "index", ".index.partial", "candidates.gpkg", ".candidates.gpkg.partial", "heatmaps",
+                "overviews", "per_photo.json", "report.json")
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,8 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     if not cfg.checkpoint.is_file():
         raise SaigError(f"{cfg.checkpoint}: demo checkpoint not found (run `make demo-model` to train it)")
     out = cfg.out
-    if out.exists():
-        shutil.rmtree(out)          # the demo's own folder: every figure comes from this run
-    out.mkdir(parents=True)
+    # every figure comes from this run: what an earlier demo wrote here goes, and nothing else
+    ownership.claim(out, "saig demo", list(DEMO_ENTRIES), "what an earlier saig demo wrote there")
     world_dir, index_dir = out / "world", out / "index"
     timings: dict[str, float] = {}
 

@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from saig_core.errors import SaigError
-from synthetic_world import io
+from synthetic_world import io, ownership
 from synthetic_world.render import PanoramaSpec, PhotoSpec, Renderer
 from synthetic_world.world import FIELD, GROUND, ROAD, WorldConfig, street_positions
 
 PAIRS_FIELDS = ("ground_path", "aerial_path", "lat", "lon", "seed")
+#: The files of a world besides its photos (recorded with them in ``.saig-synth.json``).
+WORLD_FILES = ("orthophoto.tif", "dsm.tif", "truth.csv", "world.json")
 
 
 @dataclass(frozen=True)
@@ -44,19 +46,22 @@ def synthesize_world(config: WorldConfig, out: str | Path, plan: PhotoPlan = Pho
 
     Panoramas are north-aligned (column 0 = north); 90° photos look at a uniformly random heading.
     All positions lie on roads, at least ``plan.margin_m`` inside the world's edge. A folder that
-    already holds a world is refused unless ``overwrite``, which first removes that world's
-    photos (so none of an earlier, larger run is left next to the new truth.csv).
+    already holds a world is refused unless ``overwrite``, which first removes that world (the files its ``.saig-synth.json`` marker lists, inside ``out`` only), so none of an earlier,
+    larger run is left next to the new truth.csv and nothing else is touched.
     """
     out = Path(out)
     if (out / "world.json").exists() or (out / "truth.csv").exists():
         if not overwrite:
             raise SaigError(f"{out} already holds a synthetic world; choose another folder or pass --overwrite")
-        for old in io.read_truth(out / "truth.csv") if (out / "truth.csv").exists() else []:
-            (out / old.file).unlink(missing_ok=True)
+        _remove_old_world(out)
+    total = plan.panoramas + plan.fov_photos
+    names = [f"pano_{i:04d}.jpg" for i in range(plan.panoramas)] + [f"photo_{j:04d}.jpg"
+                                                                      for j in range(plan.fov_photos)]
     with _task(reporter, "world", 1) as t:
         world = io.make_world(config)
         renderer = Renderer(world)
         t.update(1)
+    ownership.write_marker(out, "saig synth", [*WORLD_FILES, *(f"photos/{n}" for n in names)])
     (out / "photos").mkdir(parents=True, exist_ok=True)
     with _task(reporter, "rasters", 2) as t:
         io.write_orthophoto(out / "orthophoto.tif", world, renderer.ortho)
@@ -64,7 +69,6 @@ def synthesize_world(config: WorldConfig, out: str | Path, plan: PhotoPlan = Pho
         io.write_dsm(out / "dsm.tif", world)
         t.update(1)
 
-    total = plan.panoramas + plan.fov_photos
     positions = (street_positions(world, total, _rng(config.seed, 1), margin_m=plan.margin_m) if total
                  else np.zeros((0, 2)))
     lon, lat = io.to_lonlat(world, positions[:, 0], positions[:, 1])
@@ -73,12 +77,13 @@ def synthesize_world(config: WorldConfig, out: str | Path, plan: PhotoPlan = Pho
     with _task(reporter, "photos", total) as t:
         for i, (x, y) in enumerate(positions):
             rng = _rng(config.seed, 3, i)
+            name = names[i]
             if i < plan.panoramas:
-                name, kind, heading = f"pano_{i:04d}.jpg", "panorama", 180.0
+                kind, heading = "panorama", 180.0
                 rgb = renderer.panorama(x, y, 0.0, plan.pano, rng)
             else:
                 j = i - plan.panoramas
-                name, kind, heading = f"photo_{j:04d}.jpg", "photo", float(headings[j])
+                kind, heading = "photo", float(headings[j])
                 rgb = renderer.photo(x, y, heading, plan.photo, rng)
             altitude = world.ground_elevation(x, y) + plan.pano.eye_height_m
             focal = None if kind == "panorama" else plan.photo.focal_35mm
@@ -114,6 +119,20 @@ def synthesize_world(config: WorldConfig, out: str | Path, plan: PhotoPlan = Pho
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(out / "world.json")
     return summary
+
+
+def _remove_old_world(out: Path) -> None:
+    """Delete the world an earlier ``saig synth`` wrote into ``out``: the files its marker lists, or (a world
+    written before markers existed) the photos its truth.csv lists -- in both cases only inside ``out``."""
+    if ownership.read_marker(out, "saig synth") is not None:
+        ownership.remove_written(out, "saig synth")
+        return
+    if not (out / "truth.csv").exists():
+        return
+    for old in io.read_truth(out / "truth.csv"):
+        path = ownership.inside(out, old.file)
+        if path is not None and path.is_file() and not path.is_symlink():
+            path.unlink()
 
 
 def synthesize_pairs(seeds: Sequence[int], out: str | Path, pairs_per_world: int, size_m: float = 2000.0,

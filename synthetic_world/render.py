@@ -53,8 +53,10 @@ class PhotoSpec:
 
     @property
     def focal_35mm(self) -> int:
-        """35 mm-equivalent focal length (36 mm frame width) of this field of view."""
-        return int(round(18.0 / math.tan(math.radians(self.hfov_deg) / 2)))
+        """35 mm-equivalent focal length of this field of view, on the frame diagonal as CIPA DC-008 defines it
+        (the photo's width is its share of the 43.27 mm diagonal: 37.7 mm for 16:9), as phones write it."""
+        width_mm = math.hypot(36.0, 24.0) * self.width / math.hypot(self.width, self.height)
+        return int(round(width_mm / 2 / math.tan(math.radians(self.hfov_deg) / 2)))
 
 
 def orthophoto(world: World) -> np.ndarray:

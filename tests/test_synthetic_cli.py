@@ -11,6 +11,7 @@ from PIL import ExifTags, Image
 from pyproj import Transformer
 
 from synthetic_world import io
+from tiling.photos import read_photo
 
 SAIG = [sys.executable, "-m", "saig_core"]
 
@@ -55,7 +56,9 @@ def test_each_photos_exif_position_and_heading_equal_its_truth_row(world_dir):
         if row.kind == "panorama":
             assert size == (512, 128) and row.heading == 180.0 and focal is None
         else:
-            assert size == (512, 288) and focal == 18            # 90 degrees on a 36 mm frame
+            # 90 degrees: 16:9 is 37.7 mm of the 43.27 mm 35 mm-frame diagonal (CIPA), so 19 mm
+            assert size == (512, 288) and focal == 19
+            assert read_photo(world_dir / row.file).view.fov_deg == pytest.approx(90.0, abs=1.0)
 
 
 def test_overwriting_a_world_leaves_no_photo_of_the_earlier_run(tmp_path):
@@ -67,6 +70,26 @@ def test_overwriting_a_world_leaves_no_photo_of_the_earlier_run(tmp_path):
                     "--overwrite").returncode == 0
     assert sorted(p.name for p in (out / "photos").iterdir()) == ["pano_0000.jpg"]
     assert [r.file for r in io.read_truth(out / "truth.csv")] == ["photos/pano_0000.jpg"]
+
+
+def test_overwrite_deletes_only_what_synth_wrote_inside_the_folder(tmp_path):
+    out = tmp_path / "w"
+    assert run_saig("synth", "--seed", "3", "--size-m", "200", "--photos", "2", "--out", str(out)).returncode == 0
+    outside = tmp_path / "precious.txt"
+    outside.write_text("the user's")
+    mine = out / "photos" / "my_notes.jpg"
+    mine.write_text("the user's too")
+    for marker in (True, False):  # with the marker, and as a world written before markers existed
+        # a truth.csv edited (or written by an older version) to list files outside the folder
+        rows = io.read_truth(out / "truth.csv")
+        io.write_truth(out / "truth.csv", [*rows, io.TruthRow("../precious.txt", 0, 0, 0, 0, 0, "photo"),
+                                           io.TruthRow(str(outside), 0, 0, 0, 0, 0, "photo")])
+        if not marker:
+            (out / ".saig-synth.json").unlink()
+        proc = run_saig("synth", "--seed", "3", "--size-m", "200", "--photos", "1", "--out", str(out), "--overwrite")
+        assert proc.returncode == 0, proc.stderr
+        assert outside.read_text() == "the user's" and mine.read_text() == "the user's too"
+        assert sorted(p.name for p in (out / "photos").iterdir()) == ["my_notes.jpg", "pano_0000.jpg"]
 
 
 def test_truth_grid_coordinates_and_lonlat_agree(world_dir):
@@ -115,14 +138,16 @@ def test_each_aerial_chip_is_the_orthophoto_around_its_camera_within_the_jitter(
         assert len(offsets) == 1, row
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--seed", "1,2", "--size-m", "200"], "one --seed"),
-    (["--seed", "1", "--size-m", "200", "--photos", "-1"], "must not be negative"),
-    (["--seed", "1", "--size-m", "50"], "size_m"),
-    (["--seed", "1", "--size-m", "200", "--crs", "EPSG:4326"], "projected"),
+@pytest.mark.parametrize("args, code, message", [
+    (["--seed", "1,2", "--size-m", "200"], 1, "one --seed"),
+    (["--seed", "1", "--size-m", "200", "--photos", "-1"], 2, "argument --photos: must not be negative"),
+    (["--seed", "1", "--size-m", "inf"], 2, "argument --size-m: expected a finite number"),
+    (["--seed", "1", "--size-m", "200", "--origin=200,10"], 2, "argument --origin: longitude must be within"),
+    (["--seed", "1", "--size-m", "50"], 1, "size_m"),
+    (["--seed", "1", "--size-m", "200", "--crs", "EPSG:4326"], 1, "projected"),
 ])
-def test_bad_arguments_fail_with_a_clear_message_and_write_nothing(tmp_path, args, message):
+def test_bad_arguments_fail_with_a_clear_message_and_write_nothing(tmp_path, args, code, message):
     out = tmp_path / "w"
     proc = run_saig("synth", *args, "--out", str(out))
-    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
-    assert not (out / "orthophoto.tif").exists()
+    assert proc.returncode == code and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()

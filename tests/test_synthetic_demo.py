@@ -47,6 +47,8 @@ def test_demo_runs_the_whole_product_and_reports_what_it_measured(tmp_path):
     ckpt = save_checkpoint(model, tmp_path / "micro.pt", ground_input=AugmentConfig(
         fov_deg=(90.0,), fov_placement="canvas", fov_heading_known=True).ground_input())
     out = tmp_path / "demo_out"
+    out.mkdir()
+    (out / "keep.txt").write_text("the user's")  # not the demo's: never deleted
     proc = subprocess.run([sys.executable, "-m", "saig_core", "demo", "--out", str(out), "--checkpoint", str(ckpt),
                            "--size-m", "300", "--photos", "3", "--fov-photos", "2", "--stride-m", "32"],
                           capture_output=True, text=True, timeout=600)
@@ -60,3 +62,38 @@ def test_demo_runs_the_whole_product_and_reports_what_it_measured(tmp_path):
     assert all(report["timings_s"][k] > 0 for k in ("synth_s", "index_build_s", "locate_s"))
     assert (out / "candidates.gpkg").is_file() and len(list((out / "heatmaps").glob("*.tif"))) == 5
     assert report["outputs"]["overviews"] and all((out / p).is_file() for p in report["outputs"]["overviews"])
+    assert (out / "keep.txt").read_text() == "the user's"
+
+
+def test_demo_refuses_a_folder_holding_files_it_did_not_write(tmp_path):
+    from saig_core import build_model, save_checkpoint
+
+    ckpt = save_checkpoint(build_model("saig_micro", ground_size=(32, 128), aerial_size=(64, 64)), tmp_path / "m.pt")
+    out = tmp_path / "analysis"
+    out.mkdir()
+    (out / "report.json").write_text('{"mine": true}')
+    proc = subprocess.run([sys.executable, "-m", "saig_core", "demo", "--out", str(out), "--checkpoint", str(ckpt)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "report.json" in proc.stderr and "did not write" in proc.stderr
+    assert (out / "report.json").read_text() == '{"mine": true}' and sorted(p.name for p in out.iterdir()) == [
+        "report.json"]
+
+
+def test_a_later_run_deletes_only_what_the_marker_lists_inside_the_folder(tmp_path):
+    from synthetic_world import ownership
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "data.txt").write_text("keep")
+    ownership.claim(out, "saig demo", ["world", "report.json", "heatmaps"], "what saig demo wrote")
+    (out / "world").mkdir()
+    (out / "world" / "x.tif").write_text("old")
+    (out / "report.json").write_text("old")
+    (out / "heatmaps").symlink_to(elsewhere)  # a link is removed as a link, never followed
+    (out / "notes.txt").write_text("the user's")
+    marker = json.loads((out / ".saig-demo.json").read_text())
+    marker["entries"] += ["../elsewhere/data.txt", str(elsewhere / "data.txt"), "notes/../../elsewhere"]
+    (out / ".saig-demo.json").write_text(json.dumps(marker))
+    ownership.claim(out, "saig demo", ["world", "report.json", "heatmaps"], "what saig demo wrote")
+    assert sorted(p.name for p in out.iterdir()) == [".saig-demo.json", "notes.txt"]
+    assert (elsewhere / "data.txt").read_text() == "keep"

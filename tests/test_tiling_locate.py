@@ -1,4 +1,4 @@
-"""Photos, EXIF and `saig locate`: candidates, GeoPackage layers, priors, heatmaps, refusals."""
+"""`saig locate`: candidates, GeoPackage layers, priors, heatmaps, refusals (photo reading: test_photos.py)."""
 from __future__ import annotations
 
 import geopandas as gpd
@@ -6,13 +6,11 @@ import numpy as np
 import pytest
 import rasterio
 from PIL import Image
-from PIL.TiffImagePlugin import IFDRational
 from pyproj import Geod, Transformer
 from tiling_fixtures import GROUND, json_lines, micro_checkpoint, ortho, photo, run, texture, write_raster
 
 from tiling import search
 from tiling.heatmap import NODATA
-from tiling.photos import GroundInput, PhotoError, read_photo
 
 
 def gps_exif(lat: float, lon: float, heading=None, ref="T") -> Image.Exif:
@@ -48,64 +46,6 @@ def indexed(tmp_path_factory):
     return tmp, ckpt, out, photos, (lon, lat)
 
 
-def test_real_photos_exif_position_and_true_or_magnetic_heading(shared_data):
-    folder = shared_data / "photos_gps"
-    iphone = read_photo(folder / "iphone_hdr_NO.jpg").exif
-    assert iphone.heading == pytest.approx(212.87, abs=0.01) and iphone.heading_ref == "T"
-    assert (iphone.lat, iphone.lon) == pytest.approx((40.44697, -3.72475), abs=1e-4)  # Madrid
-    nokia = read_photo(folder / "HMD_Nokia_8.3_5G.jpg").exif
-    assert nokia.heading == pytest.approx(56.0) and nokia.heading_ref == "M"
-    assert (nokia.lat, nokia.lon) == pytest.approx((60.1467, 24.9068), abs=1e-3)  # Helsinki
-    for name in ("DSCN0010.jpg", "DSCN0042.jpg"):
-        arezzo = read_photo(folder / name).exif
-        assert arezzo.heading is None and 43.4 < arezzo.lat < 43.5 and 11.8 < arezzo.lon < 11.9
-        assert not arezzo.warnings
-    lund = read_photo(folder / "lund_sequence" / "01.jpg")
-    assert 55.6 < lund.exif.lat < 55.8 and 13.1 < lund.exif.lon < 13.3 and lund.image.size == (1024, 768)
-
-
-def test_exif_orientation_is_applied(tmp_path):
-    ex = Image.Exif()
-    ex[0x0112] = 6  # rotate 90 degrees clockwise to display
-    path = photo(tmp_path / "rot.jpg", size=(160, 120), exif=ex)
-    assert read_photo(path).image.size == (120, 160)
-
-
-def test_garbage_exif_is_ignored_with_warnings_naming_the_file(tmp_path):
-    ex = Image.Exif()
-    ex[0x8825] = {1: "N", 2: (IFDRational(45, 0), 8.0, 30.5), 3: "E", 4: (15.0, 0.0, 1.0), 17: 999.0}
-    path = photo(tmp_path / "garbage.jpg", exif=ex)
-    exif = read_photo(path).exif
-    assert exif.lat is None and exif.heading is None and exif.as_json() is None
-    assert len(exif.warnings) == 2 and all(str(path) in w for w in exif.warnings)
-    assert "GPSImgDirection 999" in exif.warnings[1]
-
-
-def test_unreadable_photos_raise_errors_naming_the_file(tmp_path):
-    text = tmp_path / "notes.jpg"
-    text.write_text("hello")
-    truncated = tmp_path / "cut.jpg"
-    full = photo(tmp_path / "full.jpg", size=(400, 300))
-    truncated.write_bytes(full.read_bytes()[:600])
-    for path in (text, truncated, tmp_path / "missing.jpg"):
-        with pytest.raises(PhotoError) as err:
-            read_photo(path)
-        assert str(path) in str(err.value)
-
-
-def test_wide_images_are_panoramas_and_others_limited_fov_inputs(tmp_path):
-    ground = GroundInput(GROUND)
-    pano = read_photo(photo(tmp_path / "p.jpg", size=(512, 128)))
-    normal = read_photo(photo(tmp_path / "n.jpg", size=(160, 120)))
-    assert ground.describe(pano, None) == ("panorama", 360.0) and ground.describe(normal, None) == ("fov", 90.0)
-    assert ground.tensor(pano).shape == ground.tensor(normal).shape == (3, *GROUND)
-    canvas = GroundInput(GROUND, placement="canvas", heading_known=True)
-    normal.exif.heading = 90.0
-    x = canvas.tensor(normal, fov_override=90.0)
-    filled = (x != 0).any(dim=0).any(dim=0).nonzero().ravel()
-    assert filled.min() == 16 and filled.max() == 47  # 90 deg wide (32 columns) centred on east (column 32)
-
-
 def test_locate_json_lines_and_geopackage_layers(indexed):
     tmp, _, index, photos, (lon, lat) = indexed
     bad = photos.parent / "broken.jpg"
@@ -120,7 +60,9 @@ def test_locate_json_lines_and_geopackage_layers(indexed):
     assert [e["file"] for e in errors] == [str(bad)] and str(bad) in errors[0]["message"]
     assert [r["photo"] for r in results] == [str(photos / n) for n in ("a_gps.jpg", "b_plain.png", "c_pano.jpg")]
     gps = results[0]
-    assert gps["exif"]["heading"] == 40.0 and gps["exif"]["heading_ref"] == "M"
+    assert gps["exif"]["heading_magnetic"] == 40.0 and gps["exif"]["heading_ref"] == "M"
+    # no EXIF date: the declination is taken at the file time, and the heading is made true with it
+    assert gps["exif"]["heading"] == pytest.approx(40.0 + gps["exif"]["declination_deg"])
     assert gps["exif"]["lat"] == pytest.approx(lat, abs=1e-6) and gps["heatmap"] is None
     assert results[1]["exif"] is None
     for r in results:
@@ -175,11 +117,11 @@ def test_heatmap_values_sit_on_chip_centres_and_its_maximum_is_the_top_candidate
     assert len(set(zip(rows, cols, strict=True))) == len(chips)
     # ... holding the chip's score, and no chip means nodata (the hole in the raster)
     from tiling.locate import LoadedIndex, load_model_for_index
-    from tiling.photos import read_photo as rp
+    from tiling.photos import read_photo
 
     loaded = LoadedIndex(index)
     encoder, ground = load_model_for_index(loaded, None, "cpu")
-    q = encoder.encode("ground", ground.tensor(rp(photos / "b_plain.png"))[None]).numpy()
+    q = encoder.encode("ground", ground.tensor(read_photo(photos / "b_plain.png", ground))[None]).numpy()
     np.testing.assert_allclose(heat[rows, cols], search.scores_for(faiss.read_index(str(index / "index.faiss")), q)[0],
                                atol=1e-5)
     assert (heat == NODATA).sum() == heat.size - len(chips) > 0

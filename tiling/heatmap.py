@@ -6,10 +6,17 @@ that each pixel is centred exactly on the footprint centre of the chips of its c
 score of the chips centred there (several rasters' chips could share a cell; the overlap rule keeps
 one, the max makes it well defined anyway). Pixels without a scored chip are nodata
 (:data:`NODATA`). So the heatmap's maximum pixel is the top-1 candidate's chip.
+
+Names (:func:`heatmap_names`): ``<photo stem>_heatmap.tif``; photos of a run that share a stem
+(``a/IMG_0001.jpg`` and ``b/IMG_0001.jpg``) get their path below the photos' common folder instead,
+``a__IMG_0001_heatmap.tif`` and ``b__IMG_0001_heatmap.tif`` (and the suffix too if that is still not
+unique), so no heatmap overwrites another and a resumed run names them the same way.
 """
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +64,41 @@ def write_heatmap(path: str | os.PathLike, rows: np.ndarray, cols: np.ndarray, s
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def heatmap_names(photos: Sequence[Path]) -> dict[str, str]:
+    """A unique heatmap file name per photo of a run, keyed by the photo's resolved path (see the module docstring)."""
+    real = [os.path.realpath(p) for p in photos]
+    stems = Counter(Path(r).stem for r in real)
+    root = os.path.commonpath([os.path.dirname(r) for r in real]) if real else ""
+    names = {}
+    for r in real:
+        stem = Path(r).stem
+        if stems[stem] > 1:
+            stem = "__".join(Path(os.path.relpath(r, root)).with_suffix("").parts)
+        names[r] = stem
+    counts = Counter(names.values())
+    return {r: (f"{n}_{Path(r).suffix.lstrip('.')}" if counts[n] > 1 else n) + "_heatmap.tif"
+            for r, n in names.items()}
+
+
+class HeatmapFolder:
+    """Where a run's heatmaps go: created when the first one is written; removed at the end when this run
+    created it and wrote nothing into it."""
+
+    def __init__(self, folder: Path, names: dict[str, str]) -> None:
+        self.dir = folder
+        self.names = names
+        self._created = False
+
+    def path_for(self, photo: Path) -> Path:
+        """The heatmap path of a photo of the run (the folder is made on first use)."""
+        if not self.dir.is_dir():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._created = True
+        return self.dir / self.names[os.path.realpath(photo)]
+
+    def remove_if_empty(self) -> None:
+        """Remove the folder if this run made it and it is empty (nothing was located)."""
+        if self._created and self.dir.is_dir() and not any(self.dir.iterdir()):
+            self.dir.rmdir()

@@ -1,14 +1,19 @@
 """``saig locate``: ground photos to ranked candidate locations, a GeoPackage and heatmaps.
 
-Output GeoPackage (written atomically, only when at least one photo was located):
+Each photo goes through named steps -- read, encode, search, heatmap, record -- and its results
+are committed before the next photo starts (:mod:`tiling.results`): a killed run loses nothing,
+and ``--resume`` finishes it without locating a photo twice.
+
+Output GeoPackage (published atomically when the run ends, only when at least one photo was
+located):
 
 * ``candidates``: points in **EPSG:4326** (chip centres), columns ``photo``, ``rank`` (1 = best),
   ``score`` (cosine similarity), ``chip_id``, ``faiss_id``, ``lon``, ``lat`` (EPSG:4326), ``x``,
   ``y`` (the index's grid CRS, named in ``grid_crs``), ``distance_m`` (geodesic, WGS 84, to the
   photo's EXIF position; null when it has none);
 * ``photos``: one point per photo at its EXIF position (EPSG:4326; no geometry when it has none),
-  with ``heading``, ``heading_ref``, ``input`` (panorama / fov), ``fov_deg``, the top-1 candidate
-  and its distance, and the heatmap path.
+  with its headings, how it was read (:data:`tiling.schema.PHOTO_COLUMNS`), the top-1 candidate and
+  its distance, and the heatmap path.
 
 ``--prior-radius-m R`` restricts the search (and the heatmap) to chips whose centre is within R
 metres (geodesic) of the EXIF position; a photo without a usable position is searched everywhere,
@@ -20,13 +25,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from saig_core.errors import SaigError
 from saig_core.runtime.progress import Reporter
-from tiling.heatmap import write_heatmap
-from tiling.manifest import GPKG_OPTIONS
-from tiling.photos import GroundInput, PhotoError, collect_photos, read_photo
-from tiling.reference import Reference, open_index, query
-from tiling.schema import CANDIDATE_COLUMNS, CANDIDATE_RESULT_FIELDS, PHOTO_COLUMNS
+from tiling.heatmap import HeatmapFolder, heatmap_names, write_heatmap
+from tiling.photos import GroundInput, Photo, PhotoError, collect_photos, read_photo
+from tiling.reference import QueryResult, Reference, open_index, query
+from tiling.results import ResultJournal, check_output, photo_list_digest
+from tiling.schema import CANDIDATE_RESULT_FIELDS
 
 
 class FingerprintMismatch(SaigError, ValueError):
@@ -36,7 +43,8 @@ class FingerprintMismatch(SaigError, ValueError):
 @dataclass
 class LocateOptions:
     """What ``saig locate`` does besides the photos and the output: the index and model, candidates per
-    photo, the EXIF prior radius, the FoV override, heatmaps, device, and whether to print JSON lines."""
+    photo, the EXIF prior radius, the FoV override, panorama/photo override, heatmaps, device, whether to
+    replace or resume an output, and whether to print JSON lines."""
 
     index: str
     checkpoint: str | None = None
@@ -47,6 +55,8 @@ class LocateOptions:
     device: str = "auto"
     overwrite: bool = False
     json_lines: bool = False
+    mode: str = "auto"  # "auto", "panorama" (--panorama) or "photo" (--photo)
+    resume: bool = False
 
 
 LoadedIndex = Reference  # an index folder opened for searching: tiling.reference.open_index
@@ -82,115 +92,177 @@ def _fail(reporter: Reporter, opts: LocateOptions, path, message: str) -> None:
         reporter.error(message, file=str(path))
 
 
+def find_photos(inputs: list[str], reporter: Reporter) -> list[Path]:
+    """The run's photos (folders searched recursively); every file skipped is named with its reason."""
+    skipped: list[tuple[Path, str]] = []
+    photos = collect_photos(inputs, skipped)
+    for path, reason in skipped:
+        reporter.log(f"{path}: skipped: {reason}", "warning")
+    if not photos:
+        raise SaigError(f"no photo found in {', '.join(map(str, inputs))}")
+    return photos
+
+
+def _run_record(index: LoadedIndex, photos: list[Path], opts: LocateOptions, heat_dir: Path | None) -> dict:
+    """What a resumed run must share with the run it finishes."""
+    return {"index": os.path.realpath(index.dir), "index_count": index.count,
+            "model_fingerprint": index.meta["model"]["fingerprint"], "k": opts.k,
+            "prior_radius_m": opts.prior_radius_m, "fov_deg": opts.fov_deg, "mode": opts.mode,
+            "heatmap_dir": os.path.realpath(heat_dir) if heat_dir else None, "photos": len(photos),
+            "photos_sha256": photo_list_digest(photos)}
+
+
 def locate_photos(inputs: list[str], out: str | os.PathLike, opts: LocateOptions, reporter: Reporter) -> int:
     """Locate every photo; returns the number that failed (each reported as it happens)."""
     from saig_core.runtime.device import describe_device, resolve_device
 
     out = Path(out)
-    if out.exists() and not opts.overwrite:
-        raise SaigError(f"{out} already exists; pass --overwrite to replace it")
-    if opts.k < 1:
-        raise SaigError("-k must be at least 1")
-    if opts.prior_radius_m is not None and not opts.prior_radius_m > 0:
-        raise SaigError("--prior-radius-m must be positive")
-    photos = collect_photos(inputs)
-    if not photos:
-        raise SaigError(f"no photo found in {', '.join(map(str, inputs))}")
+    check_output(out, resume=opts.resume, overwrite=opts.overwrite)  # before any work
+    photos = find_photos(inputs, reporter)
     device = resolve_device(opts.device)
     import faiss
 
     # one query at a time: OpenMP threads only add overhead (benchmarks/search.py: 2.9 vs 8 ms at 1M)
     faiss.omp_set_num_threads(1)
-    index = open_index(opts.index)
-    encoder, ground = load_model_for_index(index, opts.checkpoint, device)
-    reporter.log(f"{len(photos)} photo(s) against {index.dir} ({index.count} chips), "
-                 f"encoding on {describe_device(device)}")
-    heat_dir = Path(opts.heatmap_dir) if opts.heatmap_dir else None
-    if heat_dir:
-        heat_dir.mkdir(parents=True, exist_ok=True)
-    cand_rows, photo_rows, failed = [], [], 0
-    with reporter.task("locate", len(photos)) as task:
-        for path in photos:
-            try:
-                row, cands = _locate_one(path, index, encoder, ground, heat_dir, opts, reporter)
-            except (PhotoError, SaigError) as e:
-                failed += 1
-                _fail(reporter, opts, path, str(e))
-            else:
-                photo_rows.append(row)
-                cand_rows.extend(cands)
-            task.update(1)
-    if photo_rows:
-        _write_results(out, cand_rows, photo_rows, index.crs)
-        reporter.log(f"located {len(photo_rows)} photo(s), {failed} failed; wrote {out}")
+    with open_index(opts.index) as index:
+        encoder, ground = load_model_for_index(index, opts.checkpoint, device)
+        reporter.log(f"{len(photos)} photo(s) against {index.dir} ({index.count} chips), "
+                     f"encoding on {describe_device(device)}")
+        failed, written = _run(photos, out, _Steps(index, encoder, ground, None, opts, reporter))
+    if written:
+        reporter.log(f"located {written} photo(s), {failed} failed; wrote {out}")
     else:
         reporter.log("no photo could be located; nothing written", "warning")
     return failed
 
 
-def _locate_one(path: Path, index: Reference, encoder, ground: GroundInput, heat_dir: Path | None,
-                opts: LocateOptions, reporter: Reporter) -> tuple[dict, list[dict]]:
-    photo = read_photo(path)
-    for w in photo.exif.warnings:
-        reporter.log(w, "warning")
-    kind, fov = ground.describe(photo, opts.fov_deg)
-    q = encoder.encode("ground", ground.tensor(photo, opts.fov_deg)[None]).numpy()
-    exif = photo.exif
-    if opts.prior_radius_m is not None and not exif.has_position:
-        reporter.log(f"{path}: no usable EXIF GPS position; searching all chips (no prior)", "warning")
-    position = None  # (lon, lat), EPSG:4326
-    if exif.has_position and exif.lon is not None and exif.lat is not None:
-        position = (exif.lon, exif.lat)
+def _run(photos: list[Path], out: Path, step: _Steps) -> tuple[int, int]:
+    """Every photo not yet committed through the steps, then the GeoPackage: (failed, photos written)."""
+    opts, reporter = step.opts, step.reporter
+    heat = HeatmapFolder(Path(opts.heatmap_dir), heatmap_names(photos)) if opts.heatmap_dir else None
+    step.heat = heat
+    journal = ResultJournal(out, _run_record(step.index, photos, opts, heat.dir if heat else None),
+                            resume=opts.resume, overwrite=opts.overwrite)
+    if journal.resumed:
+        reporter.log(f"resuming: {len(journal.done)} photo(s) already located in an earlier run")
+        if opts.json_lines:
+            journal.replay(reporter)  # their result lines, so a reader of this run sees every photo
+    failed = 0
     try:
-        res = query(index, q, opts.k, position, opts.prior_radius_m, heatmap=heat_dir is not None)
-    except SaigError as e:
-        raise SaigError(f"{path}: {e}") from None
-    heat_path = None
-    if heat_dir is not None and res.heat_chips is not None and res.heat_scores is not None:
-        heat_path = write_heatmap(heat_dir / f"{path.stem}_heatmap.tif", res.heat_chips.row, res.heat_chips.col,
-                                  res.heat_scores, index.meta["grid"], index.crs)
-    cands = []
-    c = res.chips
-    for n, (s, i) in enumerate(zip(res.scores, res.ids, strict=True)):
-        cands.append({
+        with reporter.task("locate", len(photos)) as task:
+            for path in photos:
+                if photo_key(path) not in journal.done:
+                    failed += not step.locate(path, journal)
+                task.update(1)
+    except BaseException:
+        if not journal.done:
+            journal.discard()
+        elif journal.dir.exists():
+            reporter.log(f"{len(journal.done)} photo(s) are committed in {journal.dir}; rerun the same command "
+                         "with --resume to finish", "warning")
+        if heat:
+            heat.remove_if_empty()
+        raise
+    written = journal.publish()
+    if heat:
+        heat.remove_if_empty()
+    return failed, written
+
+
+def photo_key(path: Path) -> str:
+    """A photo's identity in a run (its resolved path): what the journal records it under."""
+    return os.path.realpath(path)
+
+
+class _Steps:
+    """The per-photo pipeline, one method per step: read -> encode -> search -> heatmap -> record."""
+
+    def __init__(self, index: LoadedIndex, encoder, ground: GroundInput, heat: HeatmapFolder | None,
+                 opts: LocateOptions, reporter: Reporter) -> None:
+        self.index, self.encoder, self.ground, self.heat = index, encoder, ground, heat
+        self.opts, self.reporter = opts, reporter
+
+    def locate(self, path: Path, journal: ResultJournal) -> bool:
+        """Locate one photo and commit it; False (reported) when it failed."""
+        try:
+            photo = self.read(path)
+            q = self.encode(photo)
+            hits = self.search(photo, q)
+            heat_path = self.heatmap(photo, hits)
+            self.record(photo, hits, heat_path, journal)
+        except (PhotoError, SaigError) as e:
+            _fail(self.reporter, self.opts, path, str(e))
+            return False
+        return True
+
+    def read(self, path: Path) -> Photo:
+        """Read and classify the photo; its warnings are reported."""
+        photo = read_photo(path, self.ground, self.opts.mode, self.opts.fov_deg)
+        if not photo.view.heading_known:
+            photo.exif.warnings.append(f"{path}: panorama without a heading (no GPano PoseHeadingDegrees or EXIF "
+                                       "GPSImgDirection): assumed north-aligned")
+        for w in (*photo.notes, *photo.exif.warnings):
+            self.reporter.log(w, "warning")
+        return photo
+
+    def encode(self, photo: Photo) -> np.ndarray:
+        """The (1, D) query descriptor. A panorama of unknown heading is encoded north-aligned: a search over
+        rotations replaces this single query when one is available (``photo.view.heading_known``)."""
+        return self.encoder.encode("ground", self.ground.tensor(photo)[None]).numpy()
+
+    def search(self, photo: Photo, q: np.ndarray) -> QueryResult:
+        """Top-k chips (and the heatmap's chips and scores when asked), within the prior radius of the EXIF
+        position when asked; the index is read through :func:`tiling.reference.query` only."""
+        exif, opts = photo.exif, self.opts
+        position = (exif.lon, exif.lat) if exif.lon is not None and exif.lat is not None else None
+        if opts.prior_radius_m is not None and position is None:
+            self.reporter.log(f"{photo.path}: no usable EXIF GPS position; searching all chips (no prior)", "warning")
+        try:
+            return query(self.index, q, opts.k, position, opts.prior_radius_m, heatmap=self.heat is not None)
+        except SaigError as e:
+            raise SaigError(f"{photo.path}: {e}") from None
+
+    def heatmap(self, photo: Photo, hits: QueryResult) -> Path | None:
+        """The photo's heatmap GeoTIFF over the scored chips (when asked), under its unique name."""
+        if self.heat is None or hits.heat_chips is None or hits.heat_scores is None:
+            return None
+        return write_heatmap(self.heat.path_for(photo.path), hits.heat_chips.row, hits.heat_chips.col,
+                             hits.heat_scores, self.index.meta["grid"], self.index.crs)
+
+    def record(self, photo: Photo, hits: QueryResult, heat_path: Path | None, journal: ResultJournal) -> None:
+        """The photo's rows and result line, committed to the journal, then reported."""
+        crs, path, c = self.index.crs, photo.path, hits.chips
+        cands = [{
             "photo": str(path), "rank": n + 1, "score": float(s), "chip_id": str(c.chip_id[n]), "faiss_id": int(i),
             "lon": float(c.lon[n]), "lat": float(c.lat[n]), "x": float(c.x[n]), "y": float(c.y[n]),
-            "distance_m": float(res.distance_m[n]) if res.distance_m is not None else None, "grid_crs": index.crs,
-        })
-    exif_json = exif.as_json()
-    if opts.json_lines:
-        reporter.emit("result", photo=str(path), exif=exif_json,
-                      candidates=[{k: c[k] for k in CANDIDATE_RESULT_FIELDS} for c in cands],
-                      heatmap=str(heat_path) if heat_path else None)
-    elif cands:
-        top = cands[0]
-        dist = f", {top['distance_m']:.0f} m from EXIF" if top["distance_m"] is not None else ""
-        reporter.log(f"{path}: top-1 {top['chip_id']} at {top['lat']:.6f}, {top['lon']:.6f} "
-                     f"(score {top['score']:.3f}{dist})")
+            "distance_m": float(hits.distance_m[n]) if hits.distance_m is not None else None, "grid_crs": crs,
+        } for n, (s, i) in enumerate(zip(hits.scores, hits.ids, strict=True))]
+        row = _photo_row(photo, cands, heat_path)
+        result = {"photo": str(path), "exif": photo.exif.as_json(),
+                  "candidates": [{k: cand[k] for k in CANDIDATE_RESULT_FIELDS} for cand in cands],
+                  "heatmap": str(heat_path) if heat_path else None,
+                  **{k: row[k] for k in ("input", "input_reason", "fov_deg", "fov_source", "heading_source")}}
+        journal.record(row, cands, result)
+        if self.opts.json_lines:
+            self.reporter.emit("result", **result)
+        elif cands:
+            top = cands[0]
+            dist = f", {top['distance_m']:.0f} m from EXIF" if top["distance_m"] is not None else ""
+            self.reporter.log(f"{path}: top-1 {top['chip_id']} at {top['lat']:.6f}, {top['lon']:.6f} "
+                              f"(score {top['score']:.3f}{dist})")
+
+
+def _photo_row(photo: Photo, cands: list[dict], heat_path: Path | None) -> dict:
+    """The ``photos`` layer row of a located photo (plus its journal key)."""
+    exif, view = photo.exif, photo.view
     top = cands[0] if cands else {}
-    row = {"photo": str(path), "lon": exif.lon, "lat": exif.lat, "heading": exif.heading,
-           "heading_ref": exif.heading_ref, "input": kind, "fov_deg": fov, "top1_chip_id": top.get("chip_id"),
-           "top1_lon": top.get("lon"), "top1_lat": top.get("lat"), "top1_score": top.get("score"),
-           "top1_distance_m": top.get("distance_m"), "heatmap": str(heat_path) if heat_path else None}
-    return row, cands
-
-
-def _write_results(out: Path, cand_rows: list[dict], photo_rows: list[dict], grid_crs: str) -> None:
-    import geopandas as gpd
-    import pandas as pd  # no pandas-stubs in the environment
-    import shapely
-
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix or '.gpkg'}")
-    try:
-        cdf = pd.DataFrame(cand_rows, columns=list(CANDIDATE_COLUMNS))
-        cands = gpd.GeoDataFrame(cdf, geometry=shapely.points(cdf["lon"].to_numpy(float), cdf["lat"].to_numpy(float)),
-                                 crs="EPSG:4326")
-        pdf = pd.DataFrame(photo_rows, columns=list(PHOTO_COLUMNS))
-        has = pdf["lon"].notna() & pdf["lat"].notna()
-        geom = [shapely.Point(lo, la) if h else None for lo, la, h in zip(pdf["lon"], pdf["lat"], has, strict=True)]
-        photos = gpd.GeoDataFrame(pdf, geometry=geom, crs="EPSG:4326")
-        cands.to_file(tmp, layer="candidates", driver="GPKG", engine="pyogrio", dataset_options=GPKG_OPTIONS)
-        photos.to_file(tmp, layer="photos", driver="GPKG", engine="pyogrio", dataset_options=GPKG_OPTIONS)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    prefix = f"{photo.path}: "
+    notes = [w[len(prefix):] if w.startswith(prefix) else w for w in (*photo.notes, *exif.warnings)]
+    return {"photo_key": photo_key(photo.path), "photo": str(photo.path), "lon": exif.lon, "lat": exif.lat,
+            "heading": exif.heading, "heading_ref": exif.heading_ref, "heading_magnetic": exif.heading_magnetic,
+            "declination_deg": exif.declination_deg, "date": exif.date, "date_source": exif.date_source,
+            "heading_source": view.panorama.heading_source if view.panorama else None,
+            "input": view.kind, "input_reason": view.reason, "fov_deg": view.fov_deg, "fov_source": view.fov_source,
+            "top1_chip_id": top.get("chip_id"), "top1_lon": top.get("lon"), "top1_lat": top.get("lat"),
+            "top1_score": top.get("score"), "top1_distance_m": top.get("distance_m"),
+            "heatmap": str(heat_path) if heat_path else None, "warnings": "; ".join(notes) or None}

@@ -1,40 +1,83 @@
-"""Ground photos: reading (EXIF orientation applied), EXIF GPS/heading, and the model's ground input.
+"""Ground photos from disk: finding them, and reading each once, memory-bounded, with a clear error.
 
-* Formats: anything Pillow reads (JPEG, PNG, TIFF, ...); EXIF orientation is applied
-  (``ImageOps.exif_transpose``) before anything else.
-* EXIF: ``GPSLatitude``/``GPSLongitude`` (+ refs) give the position (EPSG:4326);
-  ``GPSImgDirection`` with ``GPSImgDirectionRef`` ``T`` (true north) or ``M`` (magnetic north, kept
-  as recorded: no declination model is applied) gives the heading. Values that are missing,
-  non-numeric, non-finite or out of range are ignored with a warning naming the file and the tag;
-  the photo is still located, without a prior.
-* Model input (the convention of :mod:`saig_core.data.transforms`, shared with training): an image at
-  least :data:`PANORAMA_ASPECT` times wider than tall is a 360° equirectangular panorama (column 0 =
-  north) resized to the ground input. Any other photo is a limited field of view of ``fov_deg``
-  degrees (``--fov-deg``; else from EXIF ``FocalLengthIn35mmFilm`` as 2·atan(36 / 2f); else the
-  checkpoint's training FoV; else :data:`DEFAULT_FOV_DEG`), turned into input by
-  ``limited_fov_to_input`` with the placement recorded in the checkpoint (``ground_input``:
-  ``resize`` by default, or ``canvas`` centred on the heading column when the model was trained
-  with known headings and the photo has one, else on the middle column).
+* **Finding** (:func:`collect_photos`): files given are taken as they are; folders are searched
+  recursively (symbolic links followed, loops detected) for :func:`photo_suffixes`. Every file
+  skipped in a folder is named with its reason (not a photo type, HEIC without ``pillow-heif``,
+  unreadable); the same photo given twice is located once.
+* **Formats**: what Pillow reads (JPEG, PNG, TIFF, WebP, BMP, AVIF where Pillow has it) and
+  HEIC/HEIF through ``pillow-heif`` (its opener registered once, on import).
+* **Reading** (:func:`read_photo`): the header first (EXIF :mod:`tiling.exif`, XMP GPano
+  :mod:`tiling.gpano`), so the photo is classified (:mod:`tiling.ground_input`) before any pixel is
+  decoded; then one decode, reduced to what the model needs (JPEG: ``Image.draft``, a DCT-domain
+  reduction by up to 8; other formats: ``Image.reduce``), EXIF orientation applied.
+* **Limits**: a photo over :data:`MAX_PHOTO_PIXELS` is refused with an error naming it, before
+  decoding. ``PIL.Image.MAX_IMAGE_PIXELS`` is set to the same number, so Pillow's own
+  decompression-bomb check agrees with it.
+* **Errors**: :class:`PhotoError`, naming the file and the reason ("no such file", "is a folder",
+  "permission denied", "symbolic link loop", "not an image", "truncated or corrupt", "over the
+  pixel limit"). Python warnings raised while reading (EXIF, decompression bombs) become one-line
+  notes naming the file, never printed with source lines.
 """
 from __future__ import annotations
 
-import math
+import errno
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from fractions import Fraction
+import stat
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from saig_core.errors import SaigError
+from tiling.exif import PhotoExif, read_exif
+from tiling.gpano import GPano, parse_gpano, xmp_packet
+from tiling.ground_input import DEFAULT_FOV_DEG, PANORAMA_ASPECT, GroundInput, View
 
-PANORAMA_ASPECT = 3.0
-DEFAULT_FOV_DEG = 90.0
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"}
-_GPS_IFD = 0x8825
-_EXIF_IFD = 0x8769
-_FOCAL_35MM = 0xA405
+__all__ = ["DEFAULT_FOV_DEG", "MAX_PHOTO_PIXELS", "PANORAMA_ASPECT", "GroundInput", "Photo", "PhotoError",
+           "PhotoExif", "collect_photos", "photo_suffixes", "read_photo"]
+
+#: Largest photo accepted (pixels): a 200-megapixel image, above any phone or 360-degree camera today.
+MAX_PHOTO_PIXELS = 200_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PHOTO_PIXELS
+BASE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"})
+HEIF_SUFFIXES = frozenset({".heic", ".heif", ".hif"})
+AVIF_SUFFIXES = frozenset({".avif"})
+
+
+def _register_heif() -> bool:
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+HEIF_AVAILABLE = _register_heif()
+
+
+def _avif_available() -> bool:
+    from PIL import features
+
+    try:
+        return bool(features.check("avif"))
+    except ValueError:  # Pillow too old to know the feature
+        return False
+
+
+AVIF_AVAILABLE = _avif_available()
+
+
+def photo_suffixes() -> frozenset[str]:
+    """The photo file suffixes this installation reads (HEIC/HEIF with pillow-heif, AVIF where Pillow has it)."""
+    return BASE_SUFFIXES | (HEIF_SUFFIXES if HEIF_AVAILABLE else frozenset()) | (
+        AVIF_SUFFIXES if AVIF_AVAILABLE else frozenset())
+
+
+#: Every suffix the project can read when its optional decoders are present (for ``saig schema``).
+PHOTO_SUFFIXES = BASE_SUFFIXES | HEIF_SUFFIXES | AVIF_SUFFIXES
 
 
 class PhotoError(SaigError, ValueError):
@@ -46,183 +89,212 @@ class PhotoError(SaigError, ValueError):
 
 
 @dataclass
-class PhotoExif:
-    """What EXIF says about where and how a photo was taken (position in EPSG:4326)."""
-
-    lon: float | None = None
-    lat: float | None = None
-    heading: float | None = None  # degrees clockwise from north
-    heading_ref: str | None = None  # "T" true or "M" magnetic, as recorded
-    fov_deg: float | None = None  # from the 35 mm equivalent focal length
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def has_position(self) -> bool:
-        """Whether EXIF gave a usable GPS position (both longitude and latitude)."""
-        return self.lon is not None and self.lat is not None
-
-    def as_json(self) -> dict | None:
-        """Position and heading for a JSON result, or None when EXIF gave neither."""
-        if not self.has_position and self.heading is None:
-            return None
-        return {"lon": self.lon, "lat": self.lat, "heading": self.heading, "heading_ref": self.heading_ref}
-
-
-@dataclass
 class Photo:
-    """A ground photo read from disk: its pixels (RGB, orientation applied) and what its EXIF says."""
+    """A ground photo read from disk: its pixels (RGB, orientation applied, reduced to what the model
+    needs), what its metadata says, how it becomes model input, and its full size (width, height)."""
 
     path: Path
-    image: Image.Image  # RGB, orientation applied
+    image: Image.Image
     exif: PhotoExif
+    view: View
+    size: tuple[int, int]
+    notes: tuple[str, ...] = ()
 
     @property
     def is_panorama(self) -> bool:
-        """Whether the image is a 360° equirectangular panorama (at least PANORAMA_ASPECT times wider than tall)."""
-        w, h = self.image.size
-        return w >= PANORAMA_ASPECT * h
+        """Whether the photo is read as a 360-degree panorama."""
+        return self.view.kind == "panorama"
 
 
-def collect_photos(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files given directly, plus the photo files (by suffix, sorted) of folders given."""
+# -- finding photos -------------------------------------------------------------------------------------
+
+def _skip_reason(path: Path) -> str | None:
+    """Why a file found in a folder is not a photo to locate, or None when it is one."""
+    suffix = path.suffix.lower()
+    if suffix in photo_suffixes():
+        return None
+    if suffix in HEIF_SUFFIXES:
+        return "HEIC/HEIF photos need pillow-heif (pip install pillow-heif)"
+    if suffix in AVIF_SUFFIXES:
+        return "AVIF photos need a Pillow built with AVIF support (Pillow >= 11.3)"
+    return f"not a photo type this reads ({suffix or 'no suffix'}; reads {', '.join(sorted(photo_suffixes()))})"
+
+
+def _walk(folder: Path, skipped: list[tuple[Path, str]], seen: set[tuple[int, int]]) -> Iterator[Path]:
+    """Photo files under ``folder``, sorted, recursively; loops and unreadable entries go to ``skipped``."""
+    try:
+        st = folder.stat()
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            skipped.append((folder, "symbolic link loop (this folder is already being searched)"))
+            return
+        seen.add(key)
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        skipped.append((folder, _os_reason(e)))
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            is_dir = entry.is_dir(follow_symlinks=True)
+            is_file = not is_dir and entry.is_file(follow_symlinks=True)
+            if not is_dir and not is_file:
+                os.stat(path)  # raises for loops and broken links: a clear reason below
+                skipped.append((path, "not a regular file"))
+                continue
+        except OSError as e:
+            skipped.append((path, _os_reason(e)))
+            continue
+        if is_dir:
+            yield from _walk(path, skipped, seen)
+            continue
+        reason = _skip_reason(path)
+        if reason is None:
+            yield path
+        else:
+            skipped.append((path, reason))
+
+
+def collect_photos(inputs: Sequence[str | os.PathLike],
+                   skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """Files given directly, plus the photo files found recursively in folders given (sorted per folder),
+    each once; files skipped in folders are appended to ``skipped`` as (path, reason)."""
+    skipped = skipped if skipped is not None else []
     out: list[Path] = []
+    seen_files: set[str] = set()
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            out.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in PHOTO_SUFFIXES))
-        else:
-            out.append(p)
+        found = _walk(p, skipped, set()) if _is_dir(p) else iter([p])
+        for f in found:
+            key = os.path.realpath(f)
+            if key not in seen_files:
+                seen_files.add(key)
+                out.append(f)
     return out
 
 
-def read_photo(path: str | os.PathLike) -> Photo:
-    """Open a photo, apply its EXIF orientation, parse its EXIF; raises :class:`PhotoError`."""
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _os_reason(e: OSError) -> str:
+    reasons = {errno.ENOENT: "no such file", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.ELOOP: "symbolic link loop", errno.EISDIR: "is a folder, not a photo",
+               errno.ENOTDIR: "a path component is not a folder", errno.ENAMETOOLONG: "file name too long"}
+    return reasons.get(e.errno or 0, f"cannot be read ({e.strerror or e})")
+
+
+# -- reading one photo ---------------------------------------------------------------------------------
+
+def _check_file(path: Path) -> None:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ENOENT and os.path.islink(path):
+            raise PhotoError(path, "broken symbolic link") from None
+        raise PhotoError(path, _os_reason(e)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise PhotoError(path, "is a folder, not a photo")
+    if not stat.S_ISREG(st.st_mode):
+        raise PhotoError(path, "not a regular file")
+    if not os.access(path, os.R_OK):
+        raise PhotoError(path, "permission denied")
+
+
+def _displayed(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
+
+
+def read_photo(path: str | os.PathLike, ground: GroundInput | None = None, mode: str = "auto",
+               fov_override: float | None = None) -> Photo:
+    """Read a photo for ``ground`` (default: a 128x512 input), classified as ``mode`` says
+    (``auto``, ``panorama``, ``photo``); raises :class:`PhotoError`, never anything else for bad input."""
     path = Path(path)
-    if not path.is_file():
-        raise PhotoError(path, "no such file")
+    ground = ground or GroundInput((128, 512))
+    _check_file(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            photo = _read(path, ground, mode, fov_override)
+        except PhotoError:
+            raise
+        except Image.DecompressionBombError as e:
+            raise PhotoError(path, f"over the pixel limit ({e})") from None
+        except UnidentifiedImageError:
+            raise PhotoError(path, _not_an_image(path)) from None
+        except PermissionError:
+            raise PhotoError(path, "permission denied") from None
+        except MemoryError:
+            raise PhotoError(path, "not enough memory to decode it") from None
+        except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, ArithmeticError) as e:
+            raise PhotoError(path, f"cannot be decoded; truncated or corrupt? ({_one_line(e)})") from None
+    notes = [f"{path}: {_one_line(w.message)}" for w in caught
+             if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))]
+    photo.exif.warnings.extend(dict.fromkeys(notes))
+    return photo
+
+
+def _not_an_image(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in HEIF_SUFFIXES and not HEIF_AVAILABLE:
+        return "HEIC/HEIF photos need pillow-heif (pip install pillow-heif)"
+    if suffix in AVIF_SUFFIXES and not AVIF_AVAILABLE:
+        return "AVIF photos need a Pillow built with AVIF support"
+    return f"not an image this reads ({', '.join(sorted(photo_suffixes()))})"
+
+
+def _one_line(e: object) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _read(path: Path, ground: GroundInput, mode: str, fov_override: float | None) -> Photo:
+    with Image.open(path) as im:
+        stored = im.size
+        if stored[0] * stored[1] > MAX_PHOTO_PIXELS:
+            raise PhotoError(path, f"{stored[0]}x{stored[1]} = {stored[0] * stored[1]:,} pixels is over the limit "
+                                   f"of {MAX_PHOTO_PIXELS:,} (tiling.photos.MAX_PHOTO_PIXELS)")
+        if min(stored) < 2:
+            raise PhotoError(path, f"image of {stored[0]}x{stored[1]} pixels is too small")
+        exif = read_exif(im, path, stored)
+        gpano = _gpano(im, path, stored, exif)
+        display = _displayed(stored, exif.orientation)
+        view, notes = ground.view(display, exif, gpano, mode, fov_override)
+        image = _decode(im, ground.decode_size(view), exif.orientation)
+    from saig_core.data.preprocess import to_rgb
+
+    return Photo(path, to_rgb(image), exif, view, display, tuple(f"{path}: {n}" for n in notes))
+
+
+def _gpano(im: Image.Image, path: Path, stored: tuple[int, int], exif: PhotoExif) -> GPano | None:
     try:
-        with Image.open(path) as im:
-            exif = read_exif(im, path)
-            try:
-                im = ImageOps.exif_transpose(im)
-            except Exception as e:  # noqa: BLE001 - a garbage orientation tag must not lose the photo
-                exif.warnings.append(f"{path}: EXIF orientation ignored ({e})")
-            im.load()
-            from saig_core.data.preprocess import to_rgb
-
-            rgb = to_rgb(im)
-    except UnidentifiedImageError:
-        raise PhotoError(path, "not an image Pillow can read (JPEG, PNG, TIFF, ...)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise PhotoError(path, f"cannot be decoded; truncated or corrupt? ({e})") from None
-    if min(rgb.size) < 2:
-        raise PhotoError(path, f"image of {rgb.size[0]}x{rgb.size[1]} pixels is too small")
-    return Photo(path, rgb, exif)
+        return parse_gpano(xmp_packet(im), stored)
+    except (ValueError, TypeError, OverflowError) as e:
+        exif.warnings.append(f"{path}: XMP GPano metadata ignored ({_one_line(e)})")
+        return None
 
 
-def _number(value) -> float:
-    if isinstance(value, tuple) and len(value) == 2:  # raw rational
-        num, den = value
-        return float(Fraction(int(num), int(den)))
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError("not finite")
-    return v
+def _decode(im: Image.Image, need: tuple[int, int], orientation: int) -> Image.Image:
+    """Decode once, reduced so the displayed image keeps at least ``need`` (width, height), then oriented."""
+    need_w, need_h = _displayed(need, orientation)  # in stored orientation
+    if im.format == "JPEG":
+        im.draft("RGB", (need_w, need_h))  # picks the largest DCT scale still >= the requested size
+    im.load()
+    factor = max(1, min(im.size[0] // max(need_w, 1), im.size[1] // max(need_h, 1)))
+    out = im.reduce(factor) if factor > 1 else im
+    return _transpose(out, orientation)
 
 
-def _dms(value) -> float:
-    parts = [_number(v) for v in value] if isinstance(value, (tuple, list)) else [_number(value)]
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) != 3:
-        raise ValueError(f"expected degrees, minutes, seconds; got {len(parts)} values")
-    d, m, s = parts
-    if not (0 <= m < 60 and 0 <= s < 60):
-        raise ValueError(f"minutes/seconds out of range ({m}, {s})")
-    return d + m / 60.0 + s / 3600.0
+_TRANSPOSES = {2: [Image.Transpose.FLIP_LEFT_RIGHT], 3: [Image.Transpose.ROTATE_180],
+               4: [Image.Transpose.FLIP_TOP_BOTTOM], 5: [Image.Transpose.TRANSPOSE],
+               6: [Image.Transpose.ROTATE_270], 7: [Image.Transpose.TRANSVERSE], 8: [Image.Transpose.ROTATE_90]}
 
 
-def _ref(value) -> str:
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    return str(value).strip("\x00 ").upper()[:1]
-
-
-def read_exif(image: Image.Image, path: Path) -> PhotoExif:
-    """GPS position, heading and FoV from EXIF, tolerating garbage (see the module docstring)."""
-    out = PhotoExif()
-    try:
-        exif = image.getexif()
-        gps = exif.get_ifd(_GPS_IFD)
-        sub = exif.get_ifd(_EXIF_IFD)
-    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds on broken EXIF
-        out.warnings.append(f"{path}: EXIF unreadable, ignored ({e})")
-        return out
-    if 2 in gps and 4 in gps:
-        try:
-            lat = _dms(gps[2]) * (-1 if _ref(gps.get(1, "N")) == "S" else 1)
-            lon = _dms(gps[4]) * (-1 if _ref(gps.get(3, "E")) == "W" else 1)
-            if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-                raise ValueError(f"latitude {lat} / longitude {lon} out of range")
-            if lat == 0 and lon == 0:
-                raise ValueError("position 0, 0 (an unset GPS fix)")
-            out.lat, out.lon = lat, lon
-        except (ValueError, TypeError, ZeroDivisionError, OverflowError) as e:
-            out.warnings.append(f"{path}: EXIF GPS position ignored ({e})")
-    if 17 in gps:
-        try:
-            heading = _number(gps[17])
-            if not 0 <= heading <= 360:
-                raise ValueError(f"GPSImgDirection {heading} outside 0..360")
-            ref = _ref(gps.get(16, "T")) or "T"
-            if ref not in ("T", "M"):
-                raise ValueError(f"GPSImgDirectionRef {ref!r} is neither T nor M")
-            out.heading, out.heading_ref = heading % 360.0, ref
-        except (ValueError, TypeError, ZeroDivisionError, OverflowError) as e:
-            out.warnings.append(f"{path}: EXIF heading ignored ({e})")
-    if _FOCAL_35MM in sub:
-        try:
-            f35 = _number(sub[_FOCAL_35MM])
-            if f35 > 0:
-                out.fov_deg = math.degrees(2 * math.atan(36.0 / (2 * f35)))
-        except (ValueError, TypeError, ZeroDivisionError):
-            out.warnings.append(f"{path}: EXIF FocalLengthIn35mmFilm ignored (not a number)")
-    return out
-
-
-@dataclass(frozen=True)
-class GroundInput:
-    """How photos become ground input for one model (from the checkpoint's ``ground_input`` metadata)."""
-
-    size: tuple[int, int]
-    placement: str = "resize"
-    heading_known: bool = False
-    train_fov_deg: float | None = None
-
-    @classmethod
-    def from_metadata(cls, size: tuple[int, int], metadata: dict | None) -> GroundInput:
-        """The ground input of a model of input ``size`` (height, width) from its checkpoint metadata;
-        without a ``ground_input`` record: resized photos, headings unknown, no training FoV."""
-        gi = (metadata or {}).get("ground_input") or {}
-        fovs = gi.get("fov_deg") or []
-        h, w = size
-        return cls((h, w), gi.get("fov_placement", "resize"), bool(gi.get("fov_heading_known", False)),
-                   float(fovs[0]) if fovs else None)
-
-    def describe(self, photo: Photo, fov_override: float | None) -> tuple[str, float]:
-        """('panorama' | 'fov', fov degrees) for a photo."""
-        if photo.is_panorama:
-            return "panorama", 360.0
-        fov = fov_override or photo.exif.fov_deg or self.train_fov_deg or DEFAULT_FOV_DEG
-        return "fov", float(fov)
-
-    def tensor(self, photo: Photo, fov_override: float | None = None):
-        """The normalised (3, H, W) ground input of a photo."""
-        from saig_core.data.preprocess import image_to_tensor
-        from saig_core.data.transforms import limited_fov_to_input
-
-        kind, fov = self.describe(photo, fov_override)
-        if kind == "panorama":
-            return image_to_tensor(photo.image, self.size)
-        heading = photo.exif.heading if (self.placement == "canvas" and self.heading_known) else None
-        return limited_fov_to_input(photo.image, self.size, min(fov, 360.0), self.placement, heading)
+def _transpose(image: Image.Image, orientation: int) -> Image.Image:
+    """The image as displayed under an EXIF orientation (1-8)."""
+    for op in _TRANSPOSES.get(orientation, []):
+        image = image.transpose(op)
+    return image

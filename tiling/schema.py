@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from saig_core.runtime.choices import DEVICES, PRECISIONS
-from tiling.photos import PHOTO_SUFFIXES
+from tiling.photos import photo_suffixes
 from tiling.search import INDEX_KINDS
 
 #: ``saig locate`` output: layer ``candidates`` (points in EPSG:4326), column -> type.
@@ -19,17 +19,22 @@ CANDIDATE_COLUMNS: dict[str, str] = {
 #: The per-candidate fields of a ``locate --json`` result line.
 CANDIDATE_RESULT_FIELDS = ("rank", "score", "chip_id", "lon", "lat", "x", "y", "distance_m")
 #: ``saig locate`` output: layer ``photos`` (EXIF positions in EPSG:4326, or no geometry), column -> type.
+#: ``heading`` is true north (converted from ``heading_magnetic`` with ``declination_deg`` when EXIF recorded a
+#: magnetic one); ``heading_source`` says where a panorama's heading came from; ``input``/``input_reason`` and
+#: ``fov_deg``/``fov_source`` how the photo was read; ``warnings`` what was ignored or assumed.
 PHOTO_COLUMNS: dict[str, str] = {
-    "photo": "str", "lon": "float", "lat": "float", "heading": "float", "heading_ref": "str", "input": "str",
-    "fov_deg": "float", "top1_chip_id": "str", "top1_lon": "float", "top1_lat": "float", "top1_score": "float",
-    "top1_distance_m": "float", "heatmap": "str",
+    "photo": "str", "lon": "float", "lat": "float", "heading": "float", "heading_ref": "str",
+    "heading_magnetic": "float", "declination_deg": "float", "date": "str", "date_source": "str",
+    "heading_source": "str", "input": "str", "input_reason": "str", "fov_deg": "float", "fov_source": "str",
+    "top1_chip_id": "str", "top1_lon": "float", "top1_lat": "float", "top1_score": "float",
+    "top1_distance_m": "float", "heatmap": "str", "warnings": "str",
 }
 
 
 def contract() -> dict[str, Any]:
     """The accepted inputs and written outputs, JSON-able (``saig schema --json``)."""
     return {
-        "photo_suffixes": sorted(PHOTO_SUFFIXES),
+        "photo_suffixes": sorted(photo_suffixes()),
         "devices": list(DEVICES),
         "precisions": list(PRECISIONS),
         "index_kinds": list(INDEX_KINDS),
