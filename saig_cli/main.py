@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 from saig_cli import engine, geo, synthetic, training
@@ -38,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``saig`` command; returns its exit code."""
     args = build_parser().parse_args(argv)
     reporter = Reporter(args.progress)
+    _warnings_as_messages(reporter)
     try:
         return int(args.func(args, reporter) or 0)
     except KeyboardInterrupt:
@@ -50,6 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "json", False) and not reporter.json:  # --json callers read errors on stdout too
             reporter.emit("error", message=str(e), kind=type(e).__name__, file=getattr(e, "filename", None))
         return 1
+
+
+def _warnings_as_messages(reporter: Reporter) -> None:
+    """Python warnings (Pillow, EXIF, libraries) become one-line warning messages, never source lines."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        reporter.log(f"{' '.join(str(message).split())} ({category.__name__})", "warning")
+
+    warnings.showwarning = show
 
 
 if __name__ == "__main__":

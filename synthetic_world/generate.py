@@ -46,8 +46,9 @@ def synthesize_world(config: WorldConfig, out: str | Path, plan: PhotoPlan = Pho
 
     Panoramas are north-aligned (column 0 = north); 90° photos look at a uniformly random heading.
     All positions lie on roads, at least ``plan.margin_m`` inside the world's edge. A folder that
-    already holds a world is refused unless ``overwrite``, which first removes that world (the files its ``.saig-synth.json`` marker lists, inside ``out`` only), so none of an earlier,
-    larger run is left next to the new truth.csv and nothing else is touched.
+    already holds a world is refused unless ``overwrite``, which first removes that world (the files
+    its ``.saig-synth.json`` marker lists, inside ``out`` only), so none of an earlier, larger run is
+    left next to the new truth.csv and nothing else is touched.
     """
     out = Path(out)
     if (out / "world.json").exists() or (out / "truth.csv").exists():

@@ -249,9 +249,12 @@ def test_a_truncated_file_is_refused(tmp_path):
         ({"weights": torch.zeros(3)}, r"not a SAIG checkpoint .*top-level keys: \['weights'\]"),
         ([torch.zeros(3)], "expected a dict checkpoint, found a list"),
         ({"model": {"model_grd.backbone.pos_embed": "not a tensor"}}, "not tensors"),
-        (b"this is a text file, not a checkpoint\n", "not a readable PyTorch checkpoint"),
+        (b"this is a text file, not a checkpoint\n", r"not a PyTorch checkpoint \(it is a text file\)"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(64),
+         r"wrong\.pth: not a PyTorch checkpoint \(it is a JPEG image\)"),
+        (b"", "not a PyTorch checkpoint -- an empty file"),
     ],
-    ids=["other-dict", "list", "non-tensor", "text"],
+    ids=["other-dict", "list", "non-tensor", "text", "jpeg", "empty"],
 )
 def test_files_of_the_wrong_kind_are_refused(tmp_path, content, message):
     path = tmp_path / "wrong.pth"
@@ -266,3 +269,5 @@ def test_files_of_the_wrong_kind_are_refused(tmp_path, content, message):
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(CheckpointError, match=r"nope\.pt: no such checkpoint file"):
         load_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match=r"is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path)

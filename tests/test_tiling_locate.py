@@ -1,13 +1,15 @@
 """`saig locate`: candidates, GeoPackage layers, priors, heatmaps, refusals (photo reading: test_photos.py)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
 from PIL import Image
 from pyproj import Geod, Transformer
-from tiling_fixtures import GROUND, json_lines, micro_checkpoint, ortho, photo, run, texture, write_raster
+from tiling_fixtures import json_lines, micro_checkpoint, ortho, photo, run, texture, write_raster
 
 from tiling import search
 from tiling.heatmap import NODATA
@@ -177,3 +179,126 @@ def test_heatmap_on_an_xyz_grid_is_centred_on_the_tiles(tmp_path):
         r, c = int((cy - t.f) // t.e), int((cx - t.c) // t.a)  # the pixel holding the tile centre
         assert (t.c + (c + 0.5) * t.a, t.f + (r + 0.5) * t.e) == pytest.approx((cx, cy), abs=1e-6)
         assert heat[r, c] == pytest.approx(score)
+
+
+# -- runs: every photo once, nothing lost ----------------------------------------------------------------------
+
+def _layer(path, name):
+    return gpd.read_file(path, layer=name)
+
+
+def test_a_photo_over_the_pixel_limit_is_reported_and_the_others_located(indexed, tmp_path):
+    import math
+
+    from tiling.photos import MAX_PHOTO_PIXELS
+
+    _, _, index, photos, _ = indexed
+    side = int(math.sqrt(MAX_PHOTO_PIXELS)) + 100
+    huge = tmp_path / "batch" / "huge.png"
+    huge.parent.mkdir()
+    Image.new("1", (side, side)).save(huge)
+    good = [photo(tmp_path / "batch" / f"good_{i}.jpg", seed=i) for i in range(2)]
+    out = tmp_path / "r.gpkg"
+    proc = run("locate", huge.parent, "--index", index, "-k", 3, "--out", out, "--json", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    events = json_lines(proc.stdout)
+    errors = [e for e in events if e["event"] == "error"]
+    assert [e["file"] for e in errors] == [str(huge)] and "over the limit" in errors[0]["message"]
+    assert sorted(e["photo"] for e in events if e["event"] == "result") == sorted(map(str, good))
+    assert sorted(_layer(out, "photos")["photo"]) == sorted(map(str, good))
+
+
+def test_duplicate_photo_names_in_two_folders_get_their_own_heatmaps(indexed, tmp_path):
+    _, _, index, _, _ = indexed
+    a = photo((tmp_path / "a").mkdir() or tmp_path / "a" / "IMG_0001.jpg", seed=3)
+    b = photo((tmp_path / "b").mkdir() or tmp_path / "b" / "IMG_0001.jpg", seed=4)
+    heat, out = tmp_path / "heat", tmp_path / "dup.gpkg"
+    proc = run("locate", tmp_path / "a", tmp_path / "b", "--index", index, "-k", 2, "--out", out,
+               "--heatmap-dir", heat, "--json")
+    results = {r["photo"]: r for r in json_lines(proc.stdout) if r["event"] == "result"}
+    assert set(results) == {str(a), str(b)}
+    assert sorted(p.name for p in heat.iterdir()) == ["a__IMG_0001_heatmap.tif", "b__IMG_0001_heatmap.tif"]
+    layer = _layer(out, "photos").set_index("photo")
+    for p in (a, b):
+        assert layer.loc[str(p), "heatmap"] == results[str(p)]["heatmap"]
+        with rasterio.open(results[str(p)]["heatmap"]) as src:  # each its own photo's scores
+            assert src.read(1).max() == pytest.approx(results[str(p)]["candidates"][0]["score"], abs=1e-5)
+
+
+def test_nothing_located_writes_nothing_and_leaves_no_heatmap_folder(indexed, tmp_path):
+    _, _, index, _, _ = indexed
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    out, heat = tmp_path / "sub" / "none.gpkg", tmp_path / "heat"
+    proc = run("locate", bad, "--index", index, "--out", out, "--heatmap-dir", heat, check=False)
+    assert proc.returncode == 1 and "nothing written" in proc.stderr and str(bad) in proc.stderr
+    assert not out.exists() and not heat.exists() and list(out.parent.iterdir()) == []
+
+
+def test_existing_outputs_and_unfinished_runs_are_never_replaced_silently(indexed, tmp_path):
+    _, _, index, photos, _ = indexed
+    out = tmp_path / "r.gpkg"
+    out.write_text("the user's")
+    proc = run("locate", photos / "b_plain.png", "--index", index, "--out", out, check=False)
+    assert proc.returncode == 1 and "--overwrite" in proc.stderr and out.read_text() == "the user's"
+    proc = run("locate", photos / "b_plain.png", "--index", index, "--out", out, "--resume", check=False)
+    assert proc.returncode == 1 and "nothing to resume" in proc.stderr
+    partial = tmp_path / ".fresh.gpkg.partial"
+    partial.mkdir()
+    proc = run("locate", photos / "b_plain.png", "--index", index, "--out", tmp_path / "fresh.gpkg", check=False)
+    assert proc.returncode == 1 and "--resume" in proc.stderr and partial.is_dir()
+
+
+def _wait_for_lines(path, count, proc, timeout=120.0):
+    import time
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"locate ended (exit {proc.returncode}) before it could be killed")
+        time.sleep(0.005)
+    raise AssertionError("locate committed nothing in time")
+
+
+def test_a_sigkilled_locate_resumes_without_redoing_located_photos(indexed, tmp_path):
+    import signal
+    import subprocess
+
+    from tiling_fixtures import SAIG
+
+    _, _, index, _, _ = indexed
+    folder = tmp_path / "field"
+    names = []
+    for i in range(24):  # real, biggish photos (PNG, 1600x1200) in two folders: a run of some seconds
+        sub = folder / ("morning" if i % 2 else "evening")
+        sub.mkdir(parents=True, exist_ok=True)
+        data = np.moveaxis(texture(1200, 1600, seed=i), 0, 2)
+        Image.fromarray(np.ascontiguousarray(data)).save(sub / f"IMG_{i // 2:04d}.png", compress_level=1)
+        names.append(str(sub / f"IMG_{i // 2:04d}.png"))
+    out, heat = tmp_path / "results.gpkg", tmp_path / "heat"
+    args = [str(SAIG), "locate", str(folder), "--index", str(index), "-k", "4", "--out", str(out),
+            "--heatmap-dir", str(heat), "--json"]
+    journal = tmp_path / ".results.gpkg.partial" / "journal.jsonl"
+    committed = 0
+    for extra in ([], ["--resume"]):  # killed twice, at different points, then finished
+        proc = subprocess.Popen(args + extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_lines(journal, committed + 3, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL and not out.exists()
+        committed = journal.read_bytes().count(b"\n")
+        assert committed < len(names)
+    final = run(*args[1:], "--resume")
+    events = json_lines(final.stdout)
+    new = [e["photo"] for e in events if e["event"] == "result" and not e.get("resumed")]
+    old = [e["photo"] for e in events if e["event"] == "result" and e.get("resumed")]
+    assert len(old) >= committed and len(old) + len(new) == len(names) and not set(old) & set(new)
+    photos_layer, cands = _layer(out, "photos"), _layer(out, "candidates")
+    assert sorted(photos_layer["photo"]) == sorted(names)  # every photo exactly once
+    assert len(cands) == 4 * len(names) and sorted(set(cands["photo"])) == sorted(names)
+    assert sorted(p.name for p in heat.iterdir()) == sorted(
+        f"{Path(n).parent.name}__{Path(n).stem}_heatmap.tif" for n in names)  # no temporary file left
+    assert not (tmp_path / ".results.gpkg.partial").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["field", "heat", "results.gpkg"]

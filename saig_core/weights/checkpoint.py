@@ -162,11 +162,36 @@ _SAFE_GLOBALS = [
 _PUBLISHED_GRIDS = {"ground": {256: (8, 32), 800: (20, 40)}, "aerial": {256: (16, 16), 400: (20, 20)}}
 
 
+# First bytes of files people give by mistake, for a message that says what the file is.
+_OTHER_FORMATS = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"II*\x00", "a TIFF image"),
+                  (b"MM\x00*", "a TIFF image"), (b"%PDF", "a PDF document"), (b"GIF8", "a GIF image"),
+                  (b"\x08\x01\x12", "an ONNX graph"), (b"{", "a JSON or text file"))
+
+
+def _check_checkpoint_file(path: Path) -> None:
+    """Refuse, with the real reason, what is not a readable PyTorch file (zip archive or legacy pickle)."""
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except PermissionError:
+        raise CheckpointError(f"{path}: permission denied") from None
+    if head.startswith(b"PK") or head[:1] == b"\x80":  # torch.save's zip archive, or a legacy pickle
+        return
+    what = next((name for magic, name in _OTHER_FORMATS if head.startswith(magic)), None)
+    if what is None and head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        what = "a text file"
+    raise CheckpointError(f"{path}: not a PyTorch checkpoint" + (f" (it is {what})" if what else "")
+                          + (" -- an empty file" if not head else ""))
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint file safely (``weights_only=True``) and return the raw dict."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    _check_checkpoint_file(path)
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             raw = torch.load(path, map_location=map_location, weights_only=True)
