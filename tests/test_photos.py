@@ -365,3 +365,25 @@ def test_fuzzed_exif_never_raises_anything_but_a_photo_error(tmp_path):
             assert p.image.mode == "RGB"
             outcomes["read"] += 1
     assert outcomes["read"] > 50 and outcomes["refused"] > 0
+
+
+@pytest.mark.parametrize("name, image", [
+    ("grey16.png", lambda: Image.fromarray(np.arange(1200 * 1600, dtype=np.uint16).reshape(1200, 1600))),
+    ("palette.png", lambda: Image.new("RGB", (1600, 1200), (10, 200, 30)).convert("P")),
+    ("bilevel.tif", lambda: Image.new("1", (1600, 1200))),
+    ("alpha.png", lambda: Image.new("RGBA", (1600, 1200), (10, 20, 30, 128))),
+    ("cmyk.jpg", lambda: Image.new("CMYK", (1600, 1200), (10, 20, 30, 40))),
+    ("photo.webp", lambda: Image.new("RGB", (1600, 1200))),
+])
+def test_pixel_formats_are_decoded_reduced_to_rgb(tmp_path, name, image):
+    path = tmp_path / name
+    image().save(path)
+    p = read_photo(path, GroundInput(GROUND))
+    assert p.image.mode == "RGB" and p.size == (1600, 1200) and p.image.size[0] < 1600
+
+
+def test_float_images_are_refused_as_an_unsupported_pixel_format(tmp_path):
+    path = tmp_path / "float.tif"
+    Image.fromarray(np.zeros((120, 160), np.float32)).save(path)
+    with pytest.raises(PhotoError, match=r"float\.tif: unsupported pixel format"):
+        read_photo(path)

@@ -252,6 +252,8 @@ def _one_line(e: object) -> str:
 
 
 def _read(path: Path, ground: GroundInput, mode: str, fov_override: float | None) -> Photo:
+    from saig_core.model.saig_model import InputError  # torch: imported only when a photo is read
+
     with Image.open(path) as im:
         stored = im.size
         if stored[0] * stored[1] > MAX_PHOTO_PIXELS:
@@ -263,10 +265,11 @@ def _read(path: Path, ground: GroundInput, mode: str, fov_override: float | None
         gpano = _gpano(im, path, stored, exif)
         display = _displayed(stored, exif.orientation)
         view, notes = ground.view(display, exif, gpano, mode, fov_override)
-        image = _decode(im, ground.decode_size(view), exif.orientation)
-    from saig_core.data.preprocess import to_rgb
-
-    return Photo(path, to_rgb(image), exif, view, display, tuple(f"{path}: {n}" for n in notes))
+        try:
+            image = _decode(im, ground.decode_size(view), exif.orientation)
+        except InputError as e:
+            raise PhotoError(path, f"unsupported pixel format ({e})") from None
+    return Photo(path, image, exif, view, display, tuple(f"{path}: {n}" for n in notes))
 
 
 def _gpano(im: Image.Image, path: Path, stored: tuple[int, int], exif: PhotoExif) -> GPano | None:
@@ -283,9 +286,16 @@ def _decode(im: Image.Image, need: tuple[int, int], orientation: int) -> Image.I
     if im.format == "JPEG":
         im.draft("RGB", (need_w, need_h))  # picks the largest DCT scale still >= the requested size
     im.load()
+    from saig_core.data.preprocess import to_rgb
+
     factor = max(1, min(im.size[0] // max(need_w, 1), im.size[1] // max(need_h, 1)))
-    out = im.reduce(factor) if factor > 1 else im
-    return _transpose(out, orientation)
+    out: Image.Image = im
+    if factor > 1:
+        try:
+            out = im.reduce(factor)
+        except ValueError:  # a mode reduce() does not take (palette, 1-bit, 16-bit): to RGB first
+            out = to_rgb(im).reduce(factor)
+    return _transpose(to_rgb(out), orientation)
 
 
 _TRANSPOSES = {2: [Image.Transpose.FLIP_LEFT_RIGHT], 3: [Image.Transpose.ROTATE_180],
