@@ -231,10 +231,25 @@ def read_photo(path: str | os.PathLike, ground: GroundInput | None = None, mode:
             raise PhotoError(path, "not enough memory to decode it") from None
         except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, ArithmeticError) as e:
             raise PhotoError(path, f"cannot be decoded; truncated or corrupt? ({_one_line(e)})") from None
-    notes = [f"{path}: {_one_line(w.message)}" for w in caught
-             if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))]
-    photo.exif.warnings.extend(dict.fromkeys(notes))
+    photo.exif.warnings.extend(_warning_notes(path, caught))
     return photo
+
+
+def _warning_notes(path: Path, caught: list[warnings.WarningMessage]) -> list[str]:
+    """Python warnings raised while reading, as one line each naming the file; Pillow's EXIF (TIFF
+    directory) complaints collapsed into one."""
+    exif, other = [], []
+    for w in caught:
+        if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):
+            continue
+        text = _one_line(w.message)
+        (exif if "TiffImagePlugin" in str(w.filename) or "EXIF" in text else other).append(text)
+    notes = [f"{path}: {t}" for t in dict.fromkeys(other)]
+    if exif:
+        unique = list(dict.fromkeys(exif))
+        more = f"; and {len(unique) - 2} more" if len(unique) > 2 else ""
+        notes.append(f"{path}: EXIF damaged, partly ignored ({'; '.join(unique[:2])}{more})")
+    return notes
 
 
 def _not_an_image(path: Path) -> str:
