@@ -238,7 +238,8 @@ def read_photo(path: str | os.PathLike, ground: GroundInput | None = None, mode:
 def _warning_notes(path: Path, caught: list[warnings.WarningMessage]) -> list[str]:
     """Python warnings raised while reading, as one line each naming the file; Pillow's EXIF (TIFF
     directory) complaints collapsed into one."""
-    exif, other = [], []
+    exif: list[str] = []
+    other: list[str] = []
     for w in caught:
         if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):
             continue
