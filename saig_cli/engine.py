@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from saig_core.runtime.args import add_device_arg, add_size_args, output_file, output_path
+from saig_core.runtime.args import add_device_arg, add_size_args, output_dir, output_file
 from saig_core.runtime.progress import Reporter
 
 
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export-onnx", help="export both branches as ONNX graphs (ground.onnx, aerial.onnx)")
     p.add_argument("checkpoint", help="project, authors' or ImageNet checkpoint file")
-    p.add_argument("out_dir", type=output_path, help="output folder (created; existing graphs are replaced)")
+    p.add_argument("out_dir", type=output_dir, help="output folder (created; existing graphs are replaced)")
     add_size_args(p)
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip comparing ONNX Runtime's descriptors with PyTorch's")

@@ -15,8 +15,8 @@ from saig_core.runtime.args import (
     image_size,
     int_range,
     make_parents,
+    output_dir,
     output_file,
-    output_path,
     positive_finite_float,
     positive_int,
 )
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("rasters", nargs="+", metavar="ORTHO", help="GeoTIFF orthophotos (overlaps: the first given wins)")
     p.add_argument("--checkpoint", required=True, help="model checkpoint (its aerial branch encodes the chips)")
     _chip_args(p)
-    p.add_argument("--out", required=True, type=output_path,
+    p.add_argument("--out", required=True, type=output_dir,
                    help="output index folder (appears only when complete; missing parent folders are created)")
     add_device_arg(p)
     p.add_argument("--batch-size", type=positive_int, default=32, help="chips per encoder batch (default 32)")
@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "else the checkpoint's training FoV, else 90)")
     p.add_argument("--out", required=True, type=output_file,
                    help="output GeoPackage (layers 'candidates' and 'photos'; missing parent folders are created)")
-    p.add_argument("--heatmap-dir", type=output_path, default=None,
+    p.add_argument("--heatmap-dir", type=output_dir, default=None,
                    help="write one Float32 GeoTIFF heatmap per photo here (created when the first is written)")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--panorama", dest="mode", action="store_const", const="panorama", default="auto",

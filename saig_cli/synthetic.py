@@ -11,7 +11,7 @@ from saig_core.runtime.args import (
     lonlat,
     non_negative_float,
     non_negative_int,
-    output_path,
+    output_dir,
     positive_finite_float,
     positive_int,
 )
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the world's centre in EPSG:4326 degrees (default 11.0,48.0: UTM zone 32N; write "
                         "--origin=-70.5,-33.4 for negative values)")
     p.add_argument("--crs", default=None, help="grid CRS, projected in metres (default: the UTM zone of --origin)")
-    p.add_argument("--out", required=True, type=output_path, help="output folder")
+    p.add_argument("--out", required=True, type=output_dir, help="output folder")
     p.add_argument("--photos", type=non_negative_int, default=200, help="360° panoramas to shoot (default 200)")
     p.add_argument("--fov-photos", type=non_negative_int, default=0, help="90° photos at random headings (default 0)")
     p.add_argument("--pairs", type=positive_int, default=None, metavar="N",
@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "its photos and score the candidates against truth.csv: writes OUT/report.json, the candidates "
                     "GeoPackage, heatmap GeoTIFFs and PNG overviews, and prints a table.",
     )
-    p.add_argument("--out", default="demo_out", type=output_path,
+    p.add_argument("--out", default="demo_out", type=output_dir,
                    help="output folder (default demo_out); a later run replaces what an earlier demo wrote there, "
                         "and nothing else")
     p.add_argument("--checkpoint", default="models/demo.pt", help="model checkpoint (default models/demo.pt)")

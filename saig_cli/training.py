@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from saig_core.runtime.args import add_device_arg, output_path, positive_int
+from saig_core.runtime.args import add_device_arg, output_dir, positive_int
 from saig_core.runtime.progress import Reporter
 
 
@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "train_state.pt, metrics.csv, tb/). The last stdout line is the JSON report. "
                                    "Multi-GPU: torchrun --nproc_per_node N -m saig_core train ...")
     p.add_argument("--config", required=True, help="training config YAML (see docs/training.md)")
-    p.add_argument("--out", required=True, type=output_path, metavar="RUN_DIR", help="run directory")
+    p.add_argument("--out", required=True, type=output_dir, metavar="RUN_DIR", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR exactly where it stopped")
     _add_set(p)
     p.add_argument("--stop-after-epoch", type=positive_int, default=None, metavar="N",

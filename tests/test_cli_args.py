@@ -64,6 +64,10 @@ def test_output_locations_are_checked_before_any_work(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             build_parser().parse_args(argv)
         assert exit_.value.code == 2 and "argument --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["locate", "p.jpg", "--index", "i", "--out", str(tmp_path / "r.gpkg"),
+                                   "--heatmap-dir", str(a_file)])
+    assert exit_.value.code == 2 and "argument --heatmap-dir" in capsys.readouterr().err
 
 
 def test_missing_parent_folders_of_outputs_are_accepted_and_made_the_same_way_everywhere(tmp_path):

@@ -164,6 +164,14 @@ def output_file(text: str) -> str:
     return path
 
 
+def output_dir(text: str) -> str:
+    """An output folder (see :func:`output_path`); an existing file of that name is refused."""
+    path = output_path(text)
+    if os.path.lexists(path) and not Path(path).is_dir():
+        raise _Error(f"{text}: exists and is not a folder")
+    return path
+
+
 def make_parents(path: str | os.PathLike) -> Path:
     """Create the missing parent folders of an output (the one rule every command follows)."""
     path = Path(path)
