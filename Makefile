@@ -15,7 +15,7 @@ help:
 	@echo "make test   - set up .venv (and QGIS for plugin tests), run ruff and mypy, then the whole suite"
 	@echo "make lint   - ruff and mypy only"
 	@echo "make test-cluster - saig index build --ray on a real local Ray cluster (two nodes, started and stopped)"
-	@echo "make bench-report - docs/benchmarks.md from benchmarks/results/*.json"
+	@echo "make bench-report - docs/benchmarks.md and docs/scale.md from benchmarks/results/*.json"
 	@echo "make demo-model - retrain models/demo.pt from synthetic worlds (about 20 min on 2 CPU cores)"
 
 $(PY):
@@ -54,7 +54,7 @@ test-backend: $(STAMP)
 test-cluster: $(STAMP)
 	$(PY) -m pytest tests -q -m cluster -p no:cacheprovider
 
-# Every figure of docs/benchmarks.md comes from benchmarks/results/*.json (each benchmark
+# Every figure of docs/benchmarks.md and docs/scale.md comes from benchmarks/results/*.json (each benchmark
 # script writes its own file; see benchmarks/record.py).
 bench-report: $(STAMP)
 	$(PY) scripts/bench_report.py

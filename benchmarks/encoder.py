@@ -21,22 +21,21 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import record
 from saig_core import build_model
 from saig_core.model.flops import branch_macs
-from saig_core.runtime.device import cpu_has_native_bf16, cpu_name
+from saig_core.runtime.device import cpu_has_native_bf16
 from saig_core.runtime.encode import Encoder
 
 SIZES = {"ground": (128, 512), "aerial": (256, 256)}
@@ -91,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="SAIG-S only, batch 1 and 8, fewer runs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--runs", type=int, default=None, help="timed calls per configuration")
+    record.add_results_arg(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     batches = [1, 8] if args.quick else [1, 8, 32]
     runs = args.runs or (3 if args.quick else 4)
 
-    load_start = os.getloadavg()
-    started = time.perf_counter()
+    run = record.Run("encoder", "Encoder", "python benchmarks/encoder.py" + (" --quick" if args.quick else ""),
+                     "quick" if args.quick else "full")
     mm = Matmul(2048 if args.quick else 3072)
     rows, aerial8 = [], {}
     for preset in presets:
@@ -122,34 +122,22 @@ def main(argv: list[str] | None = None) -> int:
                 })
         aerial8[preset] = compare_paths(model, runs, mm, with_onnx=not args.quick)
 
-    report = {
-        "benchmark": "saig encoder throughput",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu": cpu_name(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": str(torch.__version__), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": cpu_has_native_bf16(), "python": platform.python_version(),
-            "load_average_start": [round(v, 2) for v in load_start],
-            "load_average_end": [round(v, 2) for v in os.getloadavg()],
-        },
-        "method": (f"best of {runs} timed calls after one warm-up, each configuration timed in turns with a "
-                   f"{mm.n}x{mm.n} fp32 torch.mm; efficiency = 2 x MACs x images/s / that matmul's FLOP/s"),
-        "matmul_fp32_gflops": round(mm.best_gflops, 1),
-        "macs_per_image_g": {p: round(branch_macs(build_model(p).cfg.backbone, (256, 256)) / 1e9, 3)
-                             for p in presets},
-        "fp32": rows,
-        "aerial_batch8": aerial8,
-        "goals": {
-            "fp32_efficiency_aerial_b8": {p: aerial8[p]["fp32"]["efficiency"] for p in presets},
-            "fp32_efficiency_goal": 0.70,
-            "fast_speedup_over_fp32": {p: aerial8[p]["fast"]["speedup_over_fp32"] for p in presets},
-            "fast_min_cosine": {p: aerial8[p]["fast"]["min_cosine_to_fp32"] for p in presets},
-            "fast_goal": "speedup >= 1.5 with cosine >= 0.995",
-        },
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    json.dump(report, sys.stdout)
-    sys.stdout.write("\n")
+    run.note(f"Best of {runs} timed calls after one warm-up, each configuration timed in turns with a "
+             f"{mm.n}x{mm.n} fp32 torch.mm; efficiency = 2 x MACs x images/s / that matmul's FLOP/s.")
+    run.note(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+             f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16()}; weights random.")
+    for p in presets:
+        run.goal(f"{p} fp32 efficiency, aerial batch 8", aerial8[p]["fp32"]["efficiency"], ">=", 0.70)
+        run.goal(f"{p} fast path speed-up over fp32", aerial8[p]["fast"]["speedup_over_fp32"], ">=", 1.5, "x")
+        run.goal(f"{p} fast path min cosine to fp32", aerial8[p]["fast"]["min_cosine_to_fp32"], ">=", 0.995)
+    run.write({
+        "matmul_fp32_gflops": round(mm.best_gflops, 1), "torch_threads": torch.get_num_threads(),
+        "macs_per_image_g (aerial 256x256)": {p: round(branch_macs(build_model(p).cfg.backbone, (256, 256)) / 1e9, 3)
+                                             for p in presets},
+        "fp32 images/s": rows,
+        "aerial batch 8, paths timed in turns": {p: [{"path": k, **v} for k, v in aerial8[p].items()
+                                                     if isinstance(v, dict)] for p in presets},
+    }, args.results_dir)
     return 0
 
 

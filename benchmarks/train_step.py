@@ -16,6 +16,11 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import record
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -76,10 +81,13 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="auto = bf16 on CUDA, fp32 on CPU")
     p.add_argument("--mode", choices=("plain", "asam"), help=argparse.SUPPRESS)  # child process
+    record.add_results_arg(p)
     args = p.parse_args()
     if args.mode:
         print(json.dumps(measure(args)))
         return
+    shown = [a for a in sys.argv[1:] if not a.startswith("--results-dir")]
+    run = record.Run("train_step", "Training step", " ".join(["python benchmarks/train_step.py", *shown]))
     results = {}
     for mode in ("plain", "asam"):
         child = [sys.executable, __file__, *sys.argv[1:], "--mode", mode]
@@ -87,14 +95,14 @@ def main() -> None:
         results[mode] = json.loads(out.strip().splitlines()[-1])
     # the fastest step is the least disturbed by other load on a shared machine
     ratio = results["asam"]["min_step_s"] / results["plain"]["min_step_s"]
-    print(json.dumps({
-        "benchmark": "train_step", "preset": args.preset, "pool": args.pool, "batch": args.batch,
-        "ground_size": list(args.ground_size), "aerial_size": list(args.aerial_size),
-        "device": results["plain"]["device"], "precision": results["plain"]["precision"],
-        "plain": results["plain"], "asam": results["asam"],
-        "asam_over_plain": round(ratio, 3), "goal_asam_over_plain_max": 2.1, "meets_goal": ratio <= 2.1,
-    }))
-
+    run.goal("ASAM step / plain step (fastest of each)", round(ratio, 3), "<=", 2.1, "x")
+    run.note("Each mode runs in its own child process, so peak memory is its own; the ratio compares the fastest "
+             f"of {args.steps} timed steps of each mode.")
+    run.write({"preset": args.preset, "pool": args.pool, "batch": args.batch, "ground_size": list(args.ground_size),
+               "aerial_size": list(args.aerial_size), "device": results["plain"]["device"],
+               "precision": results["plain"]["precision"],
+               "modes": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in results[m].items()}
+                         for m in ("plain", "asam")]}, args.results_dir)
 
 if __name__ == "__main__":
     main()

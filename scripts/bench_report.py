@@ -1,10 +1,10 @@
-"""Generate docs/benchmarks.md from benchmarks/results/*.json: `make bench-report`.
+"""Generate docs/benchmarks.md and docs/scale.md from benchmarks/results/*.json: `make bench-report`.
 
 Every figure in those pages comes from a result file written by a script in benchmarks/ (format:
 benchmarks/record.py); nothing is typed by hand. A file that is not a result object is an error naming it.
 
-    python scripts/bench_report.py                 # writes docs/benchmarks.md
-    python scripts/bench_report.py --check         # exit 1 when the committed page is stale
+    python scripts/bench_report.py                 # writes docs/benchmarks.md and docs/scale.md
+    python scripts/bench_report.py --check         # exit 1 when the committed pages are stale
 """
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import scale_plan  # noqa: E402 - after the path set-up
+
 RESULTS = REPO / "benchmarks" / "results"
 DOCS = REPO / "docs"
 REQUIRED = ("benchmark", "title", "command", "machine", "date", "load_average", "figures", "goals")
@@ -163,7 +167,8 @@ def anchor(title: str) -> str:
 def render(results_dir: Path = RESULTS) -> dict[Path, str]:
     """Every generated page: path -> text."""
     results = load_results(results_dir)
-    return {DOCS / "benchmarks.md": benchmarks_md(results)}
+    by_name = {r["benchmark"]: r for r in results}
+    return {DOCS / "benchmarks.md": benchmarks_md(results), DOCS / "scale.md": scale_plan.render(by_name)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,8 +32,8 @@ from tiling import search
 
 MANIFEST_GPKG, MANIFEST_PARQUET = "chips.gpkg", "chips.parquet"
 PART_ROWS = 1 << 20  # rows per GeoParquet part file
-ROW_GROUP = 1 << 16  # rows per row group: the unit of a read
-ROW_GROUP_CACHE = 16  # row groups kept in memory by a reader (most recently used)
+ROW_GROUP = 1 << 13  # rows per row group: the unit of a read (small: a photo reads a few dozen)
+ROW_GROUP_CACHE = 64  # row groups kept in memory by a reader (most recently used; ~0.5 MB each)
 VERIFY_MAX_BYTES = 256 << 20  # opening an index hashes files up to this size; larger ones are size-checked
 HEAT_ALL_MAX = search.FLAT_MAX  # up to this many chips a heatmap without a prior covers every chip
 HEAT_NEIGHBOURHOOD = 8  # else: chips within this many strides of each top candidate
@@ -178,7 +178,8 @@ class ParquetManifest:
             self._cache.move_to_end(n)
             return self._cache[n]
         k, g, _ = self._where[n]
-        chips = Chips.from_frame(self._files[k].read_row_group(g, columns=list(FIELDS)).to_pandas())
+        table = self._files[k].read_row_group(g, columns=list(FIELDS))
+        chips = Chips(*(table.column(f).to_numpy(zero_copy_only=False) for f in FIELDS))
         self._cache[n] = chips
         if len(self._cache) > ROW_GROUP_CACHE:
             self._cache.popitem(last=False)
