@@ -197,8 +197,8 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="saig-bench-scale-", dir=parent))
     try:
         built = build(folder, args.count)
-        child = subprocess.run([sys.executable, __file__, "--query-child", str(folder)], capture_output=True,
-                               text=True, check=True)
+        child = subprocess.run([sys.executable, __file__, "--query-child", str(folder)], stdout=subprocess.PIPE,
+                               text=True, check=True)  # (its stderr shows, so a failure says why)
         queried = json.loads(child.stdout.strip().splitlines()[-1])
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -170,6 +170,7 @@ class ParquetManifest:
                 self._where.append((k, g, rg.num_rows))
         self.boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         self.count = int(sum(n for _, _, n in self._where))
+        self._first = np.cumsum([0] + [n for _, _, n in self._where[:-1]])  # first faiss id of each row group
         self._cache: OrderedDict[int, Chips] = OrderedDict()
 
     def _group(self, n: int) -> Chips:
@@ -190,7 +191,7 @@ class ParquetManifest:
         ids = np.asarray(ids, np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.count):
             raise IndexError(f"{self.folder}: faiss id out of range 0..{self.count - 1}")
-        group = ids // ROW_GROUP  # every part holds a whole number of row groups (PART_ROWS % ROW_GROUP == 0)
+        group = np.searchsorted(self._first, ids, side="right") - 1  # row groups as the files hold them
         out = Chips.concat([])
         parts, order = [], []
         for n in np.unique(group):
