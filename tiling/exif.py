@@ -189,6 +189,10 @@ def _heading(out: PhotoExif, gps: dict, sub: dict, path: Path) -> None:
     try:
         when, source = _photo_date(gps, sub, path, out)
         decl = magnetic_declination(float(out.lat or 0.0), float(out.lon or 0.0), when)
+    except ImportError:
+        out.warnings.append(f"{path}: magnetic heading {heading:g} not converted to true north: pygeomag (the World "
+                            "Magnetic Model) is not installed (pip install pygeomag); heading unknown")
+        return
     except (*_PROBLEMS, OSError) as e:
         out.warnings.append(f"{path}: magnetic heading {heading:g} not converted to true north ({_short(e)}); "
                             "heading unknown")
