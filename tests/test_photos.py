@@ -134,6 +134,22 @@ def test_a_magnetic_heading_without_a_position_is_not_used(tmp_path):
     assert any("not converted" in w for w in exif.warnings)
 
 
+def test_a_magnetic_heading_without_the_magnetic_model_package_is_a_warning(tmp_path, monkeypatch):
+    import sys
+
+    from tiling import declination
+
+    declination._model.cache_clear()
+    monkeypatch.setitem(sys.modules, "pygeomag", None)  # as if not installed
+    gps = {1: "N", 2: (60.0, 0.0, 0.0), 3: "E", 4: (25.0, 0.0, 0.0), 16: "M", 17: 10.0}
+    try:
+        exif = read_photo(photo(tmp_path / "m.jpg", exif=exif_with(gps=gps))).exif
+    finally:
+        declination._model.cache_clear()
+    assert exif.heading is None and exif.heading_magnetic == 10.0 and exif.lat == pytest.approx(60.0)
+    assert any("pip install pygeomag" in w for w in exif.warnings)
+
+
 def test_the_declination_date_falls_back_to_the_gps_date_then_the_file_time(tmp_path):
     gps = {1: "N", 2: (60.0, 0.0, 0.0), 3: "E", 4: (25.0, 0.0, 0.0), 16: "M", 17: 10.0, 29: "2016:03:01"}
     exif = read_photo(photo(tmp_path / "g.jpg", exif=exif_with(gps=gps))).exif
