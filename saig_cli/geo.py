@@ -80,8 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prior-radius-m", type=positive_finite_float, default=None,
                    help="only search chips within this distance of the photo's EXIF GPS position")
     p.add_argument("--fov-deg", type=fov_degrees, default=None,
-                   help="horizontal field of view of normal photos (default: from the EXIF 35 mm focal length, "
-                        "else the checkpoint's training FoV, else 90)")
+                   help="horizontal field of view of photos in degrees, in (0, 360] (default: from EXIF -- the 35 mm "
+                        "equivalent, else the focal length and sensor width -- else the checkpoint's training FoV, "
+                        "else 90)")
     p.add_argument("--out", required=True, type=output_file,
                    help="output GeoPackage (layers 'candidates' and 'photos'; missing parent folders are created)")
     p.add_argument("--heatmap-dir", type=output_dir, default=None,
