@@ -52,7 +52,7 @@ test-backend: $(STAMP)
 # A head node and a second worker node (one CPU, a small object store each) started by the test and stopped
 # at its end; `saig index build --ray` on them must equal the single-process build and resume.
 test-cluster: $(STAMP)
-	$(PY) -m pytest tests -q -m cluster -p no:cacheprovider
+	$(PY) -m pytest tests --ignore=tests/plugin -q -m cluster -p no:cacheprovider
 
 # Every figure of docs/benchmarks.md and docs/scale.md comes from benchmarks/results/*.json (each benchmark
 # script writes its own file; see benchmarks/record.py).
