@@ -10,6 +10,7 @@ import argparse
 
 from saig_core.runtime.args import (
     add_device_arg,
+    add_precision_arg,
     fov_degrees,
     fraction,
     image_size,
@@ -42,10 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = isub.add_parser("build", help="encode every chip of the orthophotos into a FAISS index folder")
     p.add_argument("rasters", nargs="+", metavar="ORTHO", help="GeoTIFF orthophotos (overlaps: the first given wins)")
     p.add_argument("--checkpoint", required=True, help="model checkpoint (its aerial branch encodes the chips)")
-    _chip_args(p)
+    _chip_args(p, from_checkpoint=True)
     p.add_argument("--out", required=True, type=output_dir,
                    help="output index folder (appears only when complete; missing parent folders are created)")
     add_device_arg(p)
+    add_precision_arg(p)
     p.add_argument("--batch-size", type=positive_int, default=32, help="chips per encoder batch (default 32)")
     p.add_argument("--index-type", default="auto", choices=INDEX_KINDS, help=describe_index_kinds())
     p.add_argument("--storage", default="auto", choices=("auto", "memory", "disk"),
@@ -102,10 +104,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_locate)
 
 
-def _chip_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--chip-size-m", type=positive_finite_float, required=True, help="chip ground size in metres")
-    p.add_argument("--stride-m", type=positive_finite_float, required=True,
-                   help="distance between chip origins in metres")
+def _chip_args(p: argparse.ArgumentParser, from_checkpoint: bool = False) -> None:
+    if from_checkpoint:
+        p.add_argument("--chip-size-m", type=positive_finite_float, default=None,
+                       help="chip ground size in metres (default: the aerial footprint the checkpoint records; a "
+                            "size more than 25%% off it is warned about)")
+        p.add_argument("--stride-m", type=positive_finite_float, default=None,
+                       help="distance between chip origins in metres (default: a quarter of the chip size)")
+    else:
+        p.add_argument("--chip-size-m", type=positive_finite_float, required=True, help="chip ground size in metres")
+        p.add_argument("--stride-m", type=positive_finite_float, required=True,
+                       help="distance between chip origins in metres")
     p.add_argument("--min-valid", type=fraction, default=0.5,
                    help="skip chips with a smaller fraction of valid (not nodata/alpha/collar) pixels (default 0.5)")
     p.add_argument("--grid", choices=("auto", "xyz"), default="auto",
@@ -154,7 +163,8 @@ def cmd_index_build(args: argparse.Namespace, reporter: Reporter) -> int:
     from tiling.index import BuildOptions, build_index
 
     make_parents(args.out)
-    opts = BuildOptions(checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
+    opts = BuildOptions(checkpoint=args.checkpoint, device=args.device, precision=args.precision,
+                        batch_size=args.batch_size,
                         index_type=args.index_type, storage=args.storage, overwrite=args.overwrite,
                         shard_chips=args.shard_size, ray=args.ray)
     result = build_index(args.rasters, args.chip_size_m, args.stride_m, args.out, opts, reporter,

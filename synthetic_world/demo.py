@@ -298,16 +298,19 @@ def _draw_overviews(cfg: DemoConfig, world_dir: Path, out: Path, truth, results,
     return written
 
 
-def export_demo_model(src: str | Path, dst: str | Path, command: str = "make demo-model") -> Path:
+def export_demo_model(src: str | Path, dst: str | Path, command: str = "make demo-model",
+                      aerial_footprint_m: float = DemoConfig.chip_size_m) -> Path:
     """Copy a trained checkpoint (e.g. a run's ``best.pt``) to ``dst`` with float16 weights, keeping its
-    metadata (``ground_input`` tells ``saig locate`` how photos become input) and recording how it was
-    made."""
+    metadata (``ground_input`` tells ``saig locate`` how photos become input), recording the aerial
+    footprint its worlds' chips span (unless the trainer recorded one) and how it was made."""
     from saig_core.weights.checkpoint import checkpoint_info, load_checkpoint, save_checkpoint
 
     info = checkpoint_info(src)
     meta = {k: v for k, v in info["metadata"].items()
             if k not in ("weights_sha256", "weights_dtype", "created", "software_version", "torch_version",
                          "parameters")}
+    if meta.get("aerial_footprint_m") is None:
+        meta["aerial_footprint_m"] = float(aerial_footprint_m)
     meta["reproduce"] = command
     meta["exported_from"] = Path(src).name
     return save_checkpoint(load_checkpoint(src), dst, half=True, **meta)

@@ -227,9 +227,9 @@ def test_model_init_from_an_imagenet_backbone_file_loads_both_branches(tmp_path,
 def test_every_loss_and_augmentation_path_trains_through_the_trainer(tmp_path, pairs_csv, loss, augment):
     model = {"ground_size": [32, 128], "aerial_size": [16, 64] if augment.get("polar") else [64, 64]}
     cfg = config_from_dict(_cfg_dict(pairs_csv, loss=loss, augment=augment, model=model,
-                                     train={"epochs": 1}, optim={"asam": False}))
+                                     train={"epochs": 1}, optim={"asam": False}, data={"aerial_footprint_m": 64}))
     report = train(cfg, tmp_path / "run")
     assert report["best_epoch"] == 1 and 0.0 <= report["best"]["R@1"] <= 1.0
     meta = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["metadata"]
-    assert meta["loss"] == loss["name"]
+    assert meta["loss"] == loss["name"] and meta["aerial_footprint_m"] == 64
     assert meta["ground_input"]["fov_deg"] == [float(f) for f in augment.get("fov_deg", [])]

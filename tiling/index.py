@@ -18,6 +18,11 @@ with the same inputs, parameters and model continues after the last committed sh
 lost or duplicated whatever the moment it was killed (kill -9 included). A partial build made with
 other inputs or parameters is discarded (and said so).
 
+The chip size defaults to the checkpoint's recorded aerial footprint (warned when a given one is
+more than 25 % off it); the encoder's device kind and precision are recorded in ``build.json`` and
+``metadata.json`` and a resume that would mix them is refused; the output is locked for the run
+(:mod:`tiling.lock`).
+
 A checkpoint whose metadata says it was trained on polar-transformed aerials
 (``ground_input.polar_aerial``) gets chips cut at twice its aerial input size, then
 polar-transformed to it, as in training.
@@ -69,6 +74,7 @@ class BuildOptions:
 
     checkpoint: str
     device: str = "auto"
+    precision: str = "auto"  # the encoder's arithmetic (saig_core.runtime.device.resolve_precision)
     batch_size: int = 32
     index_type: str = "auto"
     storage: str = "auto"  # auto | memory | disk: where the inverted lists live (search.choose_storage)
@@ -207,12 +213,61 @@ def _reader_thread(planner: ChipPlanner, start_seq: int, taken: set, failed: set
         put(("exception", e))
 
 
-def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str | os.PathLike,
+FOOTPRINT_TOLERANCE = 0.25  # a chip size this far from the model's recorded aerial footprint is warned about
+DEFAULT_STRIDE_FRACTION = 0.25  # stride = a quarter of the chip size when not given (as the demo: 64 m / 16 m)
+
+
+def chip_geometry(chip_size_m: float | None, stride_m: float | None, footprint_m: float | None,
+                  checkpoint: str, reporter: Reporter) -> tuple[float, float]:
+    """The chip size and stride of a build: the given ones, else the checkpoint's recorded aerial footprint
+    and a quarter of the chip size; a chip size more than 25 % off the footprint is warned about."""
+    if chip_size_m is None:
+        if footprint_m is None:
+            raise SaigError(f"{checkpoint} does not record the aerial footprint it was trained on; "
+                            "pass --chip-size-m (the ground metres one aerial training image spanned)")
+        chip_size_m = footprint_m
+        reporter.log(f"chip size {chip_size_m:g} m: the aerial footprint recorded in {checkpoint}")
+    elif footprint_m is not None and abs(chip_size_m - footprint_m) > FOOTPRINT_TOLERANCE * footprint_m:
+        reporter.log(f"--chip-size-m {chip_size_m:g} differs by {abs(chip_size_m / footprint_m - 1):.0%} from the "
+                     f"{footprint_m:g} m aerial footprint {checkpoint} was trained on: chips will look "
+                     "zoomed in or out to the model and retrieval suffers", "warning")
+    if stride_m is None:
+        stride_m = chip_size_m * DEFAULT_STRIDE_FRACTION
+    return chip_size_m, stride_m
+
+
+def _encoder_record(encoder) -> dict:
+    """What a build's descriptors depend on besides the model: the device kind and the precision."""
+    from saig_core.runtime.device import describe_device
+
+    return {"device": encoder.device.type, "device_name": describe_device(encoder.device),
+            "precision": encoder.precision}
+
+
+def _check_resume_encoder(work: Path, state_file: Path, record: dict) -> None:
+    """Refuse to resume a partial build encoded on another device kind or at another precision."""
+    try:
+        before = json.loads(state_file.read_text()).get("encoder")
+    except (OSError, ValueError):
+        return
+    if not before or not any(work.joinpath("shards").glob("shard-*.npz")):
+        return
+    if (before["device"], before["precision"]) != (record["device"], record["precision"]):
+        raise SaigError(
+            f"{work}: this partial build was encoded on {before['device']} at {before['precision']}; this run "
+            f"would encode on {record['device']} at {record['precision']} and mix descriptors of both in one "
+            f"index. Resume with --device {before['device']} --precision {before['precision']}, or delete {work} "
+            "to start again")
+
+
+def build_index(paths: list[str], chip_size_m: float | None, stride_m: float | None, out: str | os.PathLike,
                 opts: BuildOptions, reporter: Reporter, chip_kwargs: dict | None = None) -> BuildResult:
-    """Build (or resume building) an index folder; see the module docstring."""
-    from saig_core.runtime.device import describe_device, resolve_device
-    from saig_core.runtime.encode import Encoder
-    from saig_core.weights.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint
+    """Build (or resume building) an index folder; see the module docstring.
+
+    ``chip_size_m`` None: the checkpoint's recorded aerial footprint; ``stride_m`` None: a quarter of the
+    chip size. The output is locked for the run (:mod:`tiling.lock`).
+    """
+    from tiling.lock import output_lock
 
     out = Path(out)
     empty_dir = out.is_dir() and not any(out.iterdir())  # e.g. made by a file dialog: fine to fill
@@ -220,14 +275,27 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
         raise SaigError(f"{out} already exists; pass --overwrite to replace it")
     if opts.batch_size < 1 or opts.shard_chips < 1:
         raise SaigError("--batch-size and the shard size must be at least 1")
+    with output_lock(out, "saig index build"):
+        return _build_locked(paths, chip_size_m, stride_m, out, opts, reporter, chip_kwargs)
+
+
+def _build_locked(paths: list[str], chip_size_m: float | None, stride_m: float | None, out: Path,
+                  opts: BuildOptions, reporter: Reporter, chip_kwargs: dict | None) -> BuildResult:
+    from saig_core.runtime.device import describe_device, resolve_device
+    from saig_core.runtime.encode import Encoder
+    from saig_core.weights.checkpoint import aerial_footprint_m, load_checkpoint, model_fingerprint, read_checkpoint
+
     device = resolve_device(opts.device)
     model = load_checkpoint(opts.checkpoint)
     fingerprint = model_fingerprint(model)
-    encoder = Encoder(model, device=device)
+    encoder = Encoder(model, device=device, precision=opts.precision)
+    encoder_record = _encoder_record(encoder)
     reporter.log(f"model {model.cfg.preset} ({model.descriptor_dim}-d), fingerprint {fingerprint[:16]}, "
-                 f"encoding on {describe_device(device)}")
-    # a model trained on polar-transformed aerials gets chips cut at twice its input, then polar-transformed
+                 f"encoding on {describe_device(device)} at {encoder.precision}")
     ckpt_meta = read_checkpoint(opts.checkpoint).get("metadata", {}) or {}
+    chip_size_m, stride_m = chip_geometry(chip_size_m, stride_m, aerial_footprint_m(ckpt_meta), opts.checkpoint,
+                                          reporter)
+    # a model trained on polar-transformed aerials gets chips cut at twice its input, then polar-transformed
     polar = bool((ckpt_meta.get("ground_input") or {}).get("polar_aerial"))
     aerial_h, aerial_w = model.cfg.aerial_size
     aerial = (aerial_h, aerial_w)
@@ -244,8 +312,8 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
             shutil.rmtree(work)
         if not (work / METADATA_FILE).exists():
             shard_dir.mkdir(parents=True, exist_ok=True)
-            if not state_file.exists():
-                _atomic_write_bytes(state_file, json.dumps({"key": key}).encode())
+            _check_resume_encoder(work, state_file, encoder_record)
+            _atomic_write_bytes(state_file, json.dumps({"key": key, "encoder": encoder_record}).encode())
             prog = _load_progress(shard_dir)
             if prog.shards:
                 reporter.log(f"resuming {work}: {prog.count} chips already encoded in {len(prog.shards)} shard(s)")
@@ -255,7 +323,7 @@ def build_index(paths: list[str], chip_size_m: float, stride_m: float, out: str 
 
                 encode = encode_on_ray
             encode(planner, encoder, prog, shard_dir, opts, reporter, failed, aerial if polar else None)
-            _finalise(work, planner, params, model, fingerprint, opts, reporter, polar, key)
+            _finalise(work, planner, params, model, fingerprint, opts, reporter, polar, key, encoder_record)
         shutil.rmtree(shard_dir, ignore_errors=True)  # complete (now or by a killed run): drop the journal
         state_file.unlink(missing_ok=True)
         meta = json.loads((work / METADATA_FILE).read_text())
@@ -347,7 +415,7 @@ def _iter_shards(shard_dir: Path, drop_sources: set[str]):
 
 
 def _finalise(work: Path, planner: ChipPlanner, params: ChipParams, model, fingerprint: str,
-              opts: BuildOptions, reporter: Reporter, polar: bool, key: str) -> None:
+              opts: BuildOptions, reporter: Reporter, polar: bool, key: str, encoder_record: dict) -> None:
     shard_dir = work / "shards"
     prog = _load_progress(shard_dir)
     failed_sources = sorted(str(planner.sources[k].path) for k in prog.failed_sources)
@@ -383,6 +451,7 @@ def _finalise(work: Path, planner: ChipPlanner, params: ChipParams, model, finge
         "chips": {**params.to_dict(), "polar_aerial": polar},
         "model": {"fingerprint": fingerprint, "config": model.cfg.to_dict(),
                   "checkpoint": str(Path(opts.checkpoint).resolve())},
+        "encoder": encoder_record,
         "faiss": faiss_meta,
         "sources": [{"path": p, "chips": n} for p, n in per_source.items() if p not in drop],
         "failed_sources": failed_sources,

@@ -46,7 +46,7 @@ def backend_info(
         "model": None,
     }
     if checkpoint is not None:
-        from saig_core.weights.checkpoint import checkpoint_info
+        from saig_core.weights.checkpoint import GROUND_INPUT_KEY, aerial_footprint_m, checkpoint_info
 
         ck = checkpoint_info(checkpoint, ground_size=ground_size, aerial_size=aerial_size)
         cfg = ck["config"]
@@ -61,5 +61,9 @@ def backend_info(
             "descriptor_dim": ck["descriptor_dim"],
             "parameters": ck["parameters"],
             "fingerprint": ck["fingerprint"],
+            # what must match at inference (null when the checkpoint does not record it): the ground
+            # side of one aerial training image, and how ground images become input
+            "aerial_footprint_m": aerial_footprint_m(ck["metadata"]),
+            "ground_input": ck["metadata"].get(GROUND_INPUT_KEY),
         }
     return info

@@ -114,6 +114,14 @@ class DataSection:
     val_fraction: float = 0.1
     vigor_mode: str = "same_area"
     cities: tuple[str, ...] | None = None
+    # ground metres spanned by one aerial image's side; recorded in checkpoints so that `saig index build`
+    # cuts chips of the same footprint (64 for the synthetic worlds' chips)
+    aerial_footprint_m: float | None = None
+
+    def __post_init__(self) -> None:
+        v = self.aerial_footprint_m
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
+            raise ValueError(f"aerial_footprint_m must be a positive number of metres, got {v!r}")
 
 
 @dataclass(frozen=True)

@@ -382,7 +382,8 @@ class Trainer:
     def _save_model(self, name: str, metrics: dict[str, float]) -> None:
         save_checkpoint(self.model, self.out / name, epoch=self.state.epoch, step=self.state.step,
                         val_metrics=metrics, selected_on="val", loss=self.cfg.loss.name,
-                        ground_input=self.cfg.augment.ground_input(), train_config=self.cfg.to_dict())
+                        ground_input=self.cfg.augment.ground_input(),
+                        aerial_footprint_m=self.cfg.data.aerial_footprint_m, train_config=self.cfg.to_dict())
 
     def _write_csv(self) -> None:
         keys: list[str] = []

@@ -43,6 +43,9 @@ PUBLISHED_STEM = BACKBONE_PRESETS["saig_s"]
 _HEAD_DIM = 32  # published SAIG: 12 heads of dim 32 at dim 384
 _BRANCHES = {"model_grd": "ground", "model_sat": "aerial"}
 _BRANCH_PREFIX = {"ground": "model_grd.", "aerial": "model_sat."}
+# What must match at inference, recorded in project checkpoints' metadata by the trainer:
+FOOTPRINT_KEY = "aerial_footprint_m"  # ground metres spanned by one aerial training image (side)
+GROUND_INPUT_KEY = "ground_input"  # how ground images become model input (panorama, FoV convention, polar)
 
 
 class CheckpointError(SaigError, ValueError):
@@ -121,6 +124,26 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def update_metadata(path: str | os.PathLike, **metadata: Any) -> Path:
+    """Add or replace metadata keys of a project checkpoint, atomically; the weights are not touched
+    (their tensors are written back as read, so ``weights_sha256`` stays true)."""
+    path = Path(path)
+    raw = read_checkpoint(path)
+    if checkpoint_kind(raw) != "project":
+        raise CheckpointError(f"{path}: only project checkpoints carry metadata (this one is {checkpoint_kind(raw)})")
+    raw["metadata"] = _plain_copy({**(raw.get("metadata") or {}), **metadata}, "metadata")
+    atomic_torch_save(raw, path)
+    return path
+
+
+def aerial_footprint_m(metadata: Mapping[str, Any]) -> float | None:
+    """The recorded aerial footprint in metres (positive and finite), or None when not recorded."""
+    value = metadata.get(FOOTPRINT_KEY)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < float("inf"):
+        return None
+    return float(value)
 
 
 def _plain_copy(value: Any, where: str) -> Any:
