@@ -26,7 +26,7 @@ from tiling.search import INDEX_KINDS, ONDISK_MIN, describe_index_kinds
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``tile``, ``index build``/``info``, ``schema`` and ``locate`` to the ``saig`` subparsers."""
+    """Add ``tile``, ``index build``/``info``, ``schema``, ``photos`` and ``locate`` to the ``saig`` subparsers."""
     p = sub.add_parser("tile", help="cut orthophotos into georeferenced chips; write the manifest (GeoPackage)")
     p.add_argument("rasters", nargs="+", metavar="ORTHO", help="GeoTIFF orthophotos (overlaps: the first given wins)")
     _chip_args(p)
@@ -72,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.set_defaults(func=cmd_schema)
 
+    _register_photos(sub)
     p = sub.add_parser("locate", help="rank candidate locations of ground photos against an index")
     p.add_argument("photos", nargs="+", metavar="PHOTO_OR_DIR",
                    help="photos (JPEG, PNG, TIFF, WebP, HEIC/HEIF, AVIF, ...) or folders of them, searched recursively")
@@ -102,6 +103,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="finish an interrupted run of the same command: photos already located are not redone")
     p.add_argument("--json", action="store_true", help="print one JSON line per photo")
     p.set_defaults(func=cmd_locate)
+
+
+def _register_photos(sub: argparse._SubParsersAction) -> None:
+    """``saig photos``: what ``locate`` would take from the same arguments."""
+    p = sub.add_parser("photos", help="the photos locate would process: folders searched recursively, skipped files "
+                                      "with their reasons")
+    p.add_argument("photos", nargs="+", metavar="PHOTO_OR_DIR", help="photos or folders of them, as given to locate")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.set_defaults(func=cmd_photos)
 
 
 def _chip_args(p: argparse.ArgumentParser, from_checkpoint: bool = False) -> None:
@@ -207,6 +217,23 @@ def cmd_schema(args: argparse.Namespace, reporter: Reporter) -> int:
         reporter.emit("result", **contract())
     else:
         print(json.dumps(contract(), indent=2))
+    return 0
+
+
+def cmd_photos(args: argparse.Namespace, reporter: Reporter) -> int:
+    """``saig photos``: the files :func:`tiling.photos.collect_photos` finds, as ``locate`` would take them."""
+    import json
+
+    from tiling.photos import collect_photos
+
+    skipped: list = []
+    photos = collect_photos(args.photos, skipped)
+    answer = {"photos": [str(p) for p in photos],
+              "skipped": [{"path": str(path), "reason": reason} for path, reason in skipped]}
+    if args.json or reporter.json:
+        reporter.emit("result", **answer)
+    else:
+        print(json.dumps(answer, indent=2))
     return 0
 
 

@@ -16,8 +16,8 @@ CANDIDATE_COLUMNS: dict[str, str] = {
     "photo": "str", "rank": "int", "score": "float", "chip_id": "str", "faiss_id": "int", "lon": "float",
     "lat": "float", "x": "float", "y": "float", "distance_m": "float", "grid_crs": "str",
 }
-#: The per-candidate fields of a ``locate --json`` result line.
-CANDIDATE_RESULT_FIELDS = ("rank", "score", "chip_id", "lon", "lat", "x", "y", "distance_m")
+#: The per-candidate fields of a ``locate --json`` result line (``x``/``y`` are in ``grid_crs``).
+CANDIDATE_RESULT_FIELDS = ("rank", "score", "chip_id", "lon", "lat", "x", "y", "grid_crs", "distance_m")
 #: ``saig locate`` output: layer ``photos`` (EXIF positions in EPSG:4326, or no geometry), column -> type.
 #: ``heading`` is true north (converted from ``heading_magnetic`` with ``declination_deg`` when EXIF recorded a
 #: magnetic one); ``heading_source`` says where a panorama's heading came from; ``input``/``input_reason`` and
