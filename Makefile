@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-installed
 TORCH_SPEC ?= torch==2.13.0
 QGIS_PY := /usr/bin/python3
 
-.PHONY: help venv lint test test-backend test-plugin test-cluster bench-report qgis clean plugin-zip install-plugin demo demo-model
+.PHONY: help venv lint test test-backend test-plugin test-plugin-install test-cluster bench-report qgis clean plugin-zip install-plugin demo demo-model
 
 help:
 	@echo "make demo   - set up .venv, then generate a held-out world, index it, geolocate its photos (demo_out/)"
@@ -62,8 +62,12 @@ bench-report: $(STAMP)
 test-plugin: qgis $(STAMP)
 	@if [ ! -d tests/plugin ]; then echo "no plugin tests yet"; \
 	elif $(QGIS_PY) -c 'import qgis.core, pytest' 2>/dev/null; then \
-		QT_QPA_PLATFORM=offscreen $(QGIS_PY) -m pytest tests/plugin -q -p no:cacheprovider; \
+		QT_QPA_PLATFORM=offscreen $(QGIS_PY) -m pytest tests/plugin -q -p no:cacheprovider -m "not install"; \
 	else echo "QGIS not available: plugin tests not run"; exit 1; fi
+
+# The plugin's own backend install, end to end (ZIP -> empty profile -> Install backend -> qgis_process): minutes
+test-plugin-install: qgis $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(QGIS_PY) -m pytest tests/plugin/test_install_from_zip.py -q -p no:cacheprovider
 
 # QGIS plugin: dist/qgis_saig_plugin.zip ("Install from ZIP", then "Install backend" in the dock), or install it
 # into a QGIS profile and enable it, recording this checkout so the plugin uses .venv as its backend.

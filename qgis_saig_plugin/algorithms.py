@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
@@ -30,10 +29,12 @@ from qgis.core import (
     QgsProcessingOutputMultipleLayers,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
@@ -47,10 +48,23 @@ from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QCoreApplication
 
 from . import styles
-from .backend import BackendCanceled, BackendError, BackendRun, backend_contract, format_errors, run_backend
+from .backend import (
+    BackendCanceled,
+    BackendError,
+    BackendRun,
+    backend_contract,
+    format_errors,
+    list_photos,
+    missing_photos,
+    run_backend,
+)
 
 DEVICES = ("auto", "cuda", "cpu")
 DEVICE_LABELS = ("Auto (CUDA when available)", "CUDA (GPU)", "CPU")
+#: How ``saig locate`` reads the photos: its own detection, ``--panorama`` or ``--photo``
+INPUT_MODES = ("auto", "panorama", "photo")
+INPUT_MODE_LABELS = ("Detected per photo (XMP GPano, else a 2:1 aspect)", "360° panoramas",
+                     "Photos (limited field of view)")
 
 
 def tr(text: str) -> str:
@@ -158,7 +172,8 @@ class SaigAlgorithm(QgsProcessingAlgorithm):
         return tempfile.mkdtemp(prefix="saig_", dir=QgsProcessingUtils.tempFolder())
 
     def backend(self, args: list, feedback: QgsProcessingFeedback, cwd: str,
-                result_progress: Callable[[dict], float] | None = None, cancel_note: str = "") -> BackendRun:
+                result_progress: Callable[[dict], float] | None = None, cancel_note: str = "",
+                partial_ok: bool = False) -> BackendRun:
         """Run the backend; progress, logs and per-file errors go to ``feedback``.
 
         Progress is the current stage's fraction, or, when ``result_progress`` is given, its value
@@ -186,7 +201,7 @@ class SaigAlgorithm(QgsProcessingAlgorithm):
 
         try:
             return run_backend(args, on_event=on_event, on_stderr=feedback.pushDebugInfo,
-                               is_canceled=feedback.isCanceled, cwd=cwd)
+                               is_canceled=feedback.isCanceled, cwd=cwd, partial_ok=partial_ok)
         except BackendCanceled as e:
             raise QgsProcessingException(f"{e} {cancel_note}".strip()) from None
         except BackendError as e:  # killed, missing backend, bad input: a message, never a traceback
@@ -284,8 +299,9 @@ class BuildIndexAlgorithm(SaigAlgorithm):
             "aerial branch of the SAIG checkpoint and writes a self-describing reference index folder "
             "(FAISS index, chip manifest, metadata with the model fingerprint, chip parameters, CRS and "
             "checksums).\n\n"
-            "The index is what 'Geolocate photos' searches. Use the chip size the checkpoint was trained for "
-            "(about the ground footprint of its aerial images). The folder appears only once the build is "
+            "The index is what 'Geolocate photos' searches. Chip size: by default the ground footprint the "
+            "checkpoint's aerial branch was trained on (recorded in the checkpoint); another size is allowed "
+            "and warned about when it is more than 25 % off. The folder appears only once the build is "
             "complete; an interrupted build continues where it stopped when run again with the same output.\n\n"
             "Runs the SAIG backend ('saig index build'); set the device to CUDA to use a GPU.")
 
@@ -297,9 +313,11 @@ class BuildIndexAlgorithm(SaigAlgorithm):
             self.CHECKPOINT, tr("SAIG checkpoint"), QgsProcessingParameterFile.Behavior.File,
             fileFilter=tr("Checkpoints (*.pt *.pth);;All files (*)")))
         self.addParameter(QgsProcessingParameterNumber(
-            self.CHIP_SIZE_M, tr("Chip size (m)"), QgsProcessingParameterNumber.Type.Double, 100.0, False, 0.01))
+            self.CHIP_SIZE_M, tr("Chip size (m) (default: the footprint the checkpoint was trained on)"),
+            QgsProcessingParameterNumber.Type.Double, None, True, 0.01))
         self.addParameter(QgsProcessingParameterNumber(
-            self.STRIDE_M, tr("Stride (m)"), QgsProcessingParameterNumber.Type.Double, 50.0, False, 0.01))
+            self.STRIDE_M, tr("Stride (m) (default: a quarter of the chip size)"),
+            QgsProcessingParameterNumber.Type.Double, None, True, 0.01))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_DIR, tr("Index folder")))
         self.addOutput(QgsProcessingOutputNumber("CHIP_COUNT", tr("Number of indexed chips")))
@@ -312,8 +330,11 @@ class BuildIndexAlgorithm(SaigAlgorithm):
         checkpoint = self.parameterAsFile(parameters, self.CHECKPOINT, context)
         if not checkpoint or not os.path.isfile(checkpoint):
             raise QgsProcessingException(tr("The checkpoint file {} does not exist.").format(checkpoint or "(none)"))
-        size = self.positive(parameters, self.CHIP_SIZE_M, context, tr("Chip size"))
-        stride = self.positive(parameters, self.STRIDE_M, context, tr("Stride"))
+        chip_args = []  # unset: the backend takes the checkpoint's footprint (and warns about a size far from it)
+        for name, flag, label in ((self.CHIP_SIZE_M, "--chip-size-m", tr("Chip size")),
+                                  (self.STRIDE_M, "--stride-m", tr("Stride"))):
+            if parameters.get(name) not in (None, ""):
+                chip_args += [flag, self.positive(parameters, name, context, label)]
         out_dir = self.parameterAsFileOutput(parameters, self.OUTPUT_DIR, context)
         if not out_dir:
             raise QgsProcessingException(tr("Choose an index folder."))
@@ -324,8 +345,8 @@ class BuildIndexAlgorithm(SaigAlgorithm):
             os.rmdir(out_dir)  # an empty folder (e.g. made by the dialog): the backend creates it when complete
         scratch = self.scratch_folder()
         try:
-            run = self.backend(["index", "build", *rasters, "--checkpoint", checkpoint, "--chip-size-m", size,
-                                "--stride-m", stride, "--out", out_dir, "--device", self.device(parameters, context),
+            run = self.backend(["index", "build", *rasters, "--checkpoint", checkpoint, *chip_args,
+                                "--out", out_dir, "--device", self.device(parameters, context),
                                 "--json"], feedback, scratch, cancel_note=tr(
                                     "The chips encoded so far are kept in the hidden folder {}: run again with the "
                                     "same inputs and index folder to continue, or delete it.").format(
@@ -388,32 +409,6 @@ def exif_fields() -> QgsFields:
     return make_fields(_EXIF_FIELDS)
 
 
-def expand_photos(entries: list[str], suffixes) -> list[str]:
-    """Photo files from a list of files and folders (a folder: its images, sorted, not recursive).
-
-    ``suffixes``: the photo types the backend reads (``saig schema``), e.g. ``[".jpg", ".webp"]``.
-    """
-    suffixes = sorted({str(suffix).lower() for suffix in suffixes})
-    photos: list[str] = []
-    for entry in entries:
-        if not entry:
-            continue
-        if os.path.isdir(entry):
-            found = sorted(str(p) for p in Path(entry).iterdir()
-                           if p.is_file() and p.suffix.lower() in suffixes)
-            if not found:
-                raise QgsProcessingException(tr("The folder {} contains no photos ({}).").format(
-                    entry, ", ".join(suffixes)))
-            photos.extend(found)
-        elif os.path.isfile(entry):
-            photos.append(entry)
-        else:
-            raise QgsProcessingException(tr("The photo {} does not exist.").format(entry))
-    if not photos:
-        raise QgsProcessingException(tr("Choose at least one photo (files or a folder)."))
-    return photos
-
-
 def _number(value) -> float | None:
     try:
         return None if value is None else float(value)
@@ -426,6 +421,7 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
 
     PHOTOS, INDEX, CHECKPOINT, TOP_K = "PHOTOS", "INDEX", "CHECKPOINT", "TOP_K"
     PRIOR_RADIUS_M, OUTPUT, EXIF_OUTPUT, HEATMAP_DIR = "PRIOR_RADIUS_M", "OUTPUT", "EXIF_OUTPUT", "HEATMAP_DIR"
+    INPUT_MODE, RUN_FILE, RESUME = "INPUT_MODE", "RUN_FILE", "RESUME"
 
     def name(self) -> str:
         """The algorithm id within the provider (``saig:geolocatephotos``)."""
@@ -467,6 +463,13 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
             self.PRIOR_RADIUS_M, tr("Search only within this radius of the EXIF position (m)"),
             QgsProcessingParameterNumber.Type.Double, None, True, 0.0))
         self.add_device_parameter()
+        self._add_advanced(QgsProcessingParameterEnum(
+            self.INPUT_MODE, tr("Photos are"), options=[tr(label) for label in INPUT_MODE_LABELS], defaultValue=0))
+        self._add_advanced(QgsProcessingParameterFileDestination(
+            self.RUN_FILE, tr("Backend run GeoPackage (keep it to resume an interrupted run)"),
+            tr("GeoPackage (*.gpkg)"), optional=True, createByDefault=False))
+        self._add_advanced(QgsProcessingParameterBoolean(
+            self.RESUME, tr("Resume the interrupted run of this backend run GeoPackage"), False))
         self.addParameter(QgsProcessingParameterFeatureSink(
             self.OUTPUT, tr("Candidates"), QgsProcessing.SourceType.TypeVectorPoint))
         self.addParameter(QgsProcessingParameterFeatureSink(
@@ -477,17 +480,21 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
         self.addOutput(QgsProcessingOutputMultipleLayers("HEATMAPS", tr("Heatmaps")))
         self.addOutput(QgsProcessingOutputNumber("PHOTOS_LOCATED", tr("Photos located")))
         self.addOutput(QgsProcessingOutputNumber("PHOTOS_FAILED", tr("Photos that failed")))
+        self.addOutput(QgsProcessingOutputNumber(
+            "PHOTOS_MISSING", tr("Photos neither located nor reported (the backend stopped before them)")))
 
-    def processAlgorithm(self, parameters, context, feedback):
-        """Validate the inputs, run the backend, then write the outputs."""
-        entries = [str(e) for e in self.parameterAsFileList(parameters, self.PHOTOS, context) if e]
+    def _add_advanced(self, param: QgsProcessingParameterDefinition) -> None:
+        param.setFlags(param.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+        self.addParameter(param)
+
+    def _inputs(self, parameters, context, feedback) -> dict:
+        """The checked inputs of a run, before the backend locates anything."""
         index = self.parameterAsFile(parameters, self.INDEX, context)
         if not index or not os.path.isdir(index):
             raise QgsProcessingException(tr("The index folder {} does not exist.").format(index or "(none)"))
         checkpoint = self.parameterAsFile(parameters, self.CHECKPOINT, context)
         if checkpoint and not os.path.isfile(checkpoint):
             raise QgsProcessingException(tr("The checkpoint file {} does not exist.").format(checkpoint))
-        top_k = self.parameterAsInt(parameters, self.TOP_K, context)
         prior = None
         if parameters.get(self.PRIOR_RADIUS_M) not in (None, ""):
             prior = self.parameterAsDouble(parameters, self.PRIOR_RADIUS_M, context)
@@ -498,46 +505,104 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
         heatmap_dir = ""
         if parameters.get(self.HEATMAP_DIR) not in (None, ""):
             heatmap_dir = self.parameterAsFileOutput(parameters, self.HEATMAP_DIR, context)
-        contract = self.contract(feedback)
-        photos = expand_photos(entries, contract["photo_suffixes"])  # validates and counts; folders stay folders
+        run_file = ""
+        if parameters.get(self.RUN_FILE) not in (None, ""):
+            run_file = self.parameterAsFileOutput(parameters, self.RUN_FILE, context)
+        resume = self.parameterAsBool(parameters, self.RESUME, context)
+        if resume and not run_file:
+            raise QgsProcessingException(tr("Resume needs the backend run GeoPackage of the interrupted run."))
+        entries = [str(e) for e in self.parameterAsFileList(parameters, self.PHOTOS, context) if e]
+        if not entries:
+            raise QgsProcessingException(tr("Choose at least one photo (files or a folder)."))
+        return {"entries": entries, "index": index, "checkpoint": checkpoint, "prior": prior,
+                "heatmap_dir": heatmap_dir, "run_file": run_file, "resume": resume,
+                "mode": INPUT_MODES[self.parameterAsEnum(parameters, self.INPUT_MODE, context)],
+                "top_k": self.parameterAsInt(parameters, self.TOP_K, context),
+                "device": self.device(parameters, context)}
 
+    @staticmethod
+    def _photo_list(entries: list[str], feedback: QgsProcessingFeedback) -> list[str]:
+        """The photos the backend will process (``saig photos``); skipped files are named with their reasons."""
+        try:
+            found = list_photos(entries, is_canceled=feedback.isCanceled)
+        except BackendError as e:
+            raise QgsProcessingException(str(e)) from None
+        for path, reason in found.skipped:
+            feedback.pushWarning(tr("{}: skipped: {}").format(path, reason))
+        if not found.photos:
+            raise QgsProcessingException(tr("No photo found in {}.").format(", ".join(entries)))
+        return found.photos
+
+    @staticmethod
+    def _locate_args(inputs: dict, out: str, heatmaps: str) -> list:
+        args = ["locate", *inputs["entries"], "--index", inputs["index"], "-k", inputs["top_k"], "--out", out,
+                "--device", inputs["device"], "--json"]
+        if inputs["checkpoint"]:
+            args += ["--checkpoint", inputs["checkpoint"]]
+        if inputs["prior"] is not None:
+            args += ["--prior-radius-m", inputs["prior"]]
+        if heatmaps:
+            args += ["--heatmap-dir", heatmaps]
+        if inputs["mode"] != "auto":
+            args.append(f"--{inputs['mode']}")
+        if inputs["run_file"]:
+            args.append("--resume" if inputs["resume"] else "--overwrite")
+        return args
+
+    def processAlgorithm(self, parameters, context, feedback):
+        """Validate the inputs, list the photos, run the backend, then write the outputs."""
+        inputs = self._inputs(parameters, context, feedback)
+        contract = self.contract(feedback)
+        photos = self._photo_list(inputs["entries"], feedback)
+        heatmap_dir, run_file = inputs["heatmap_dir"], inputs["run_file"]
         scratch = self.scratch_folder()
         try:
-            args = ["locate", *entries, "--index", index, "-k", top_k,
-                    "--out", os.path.join(scratch, "results.gpkg"),
-                    "--device", self.device(parameters, context), "--json"]
-            if checkpoint:
-                args += ["--checkpoint", checkpoint]
-            if prior is not None:
-                args += ["--prior-radius-m", prior]
-            scratch_heatmaps = os.path.join(scratch, "heatmaps")
-            if heatmap_dir:
-                args += ["--heatmap-dir", scratch_heatmaps]
+            # With a run GeoPackage the backend's outputs stay where a resumed run finds them again.
+            out = run_file or os.path.join(scratch, "results.gpkg")
+            backend_heatmaps = (heatmap_dir if run_file else os.path.join(scratch, "heatmaps")) if heatmap_dir else ""
             done = {"photos": 0}
 
             def photos_done(event: dict) -> float | None:
                 done["photos"] += 1
                 return min(1.0, done["photos"] / len(photos))
 
-            run = self.backend(args, feedback, scratch, photos_done)
+            run = self.backend(self._locate_args(inputs, out, backend_heatmaps), feedback, scratch, photos_done,
+                               partial_ok=True)
             photo_results = [r for r in run.results if "candidates" in r]
             if not photo_results:
-                raise QgsProcessingException(format_errors(run.errors) or tr("The backend located no photo."))
-            heatmaps = self._heatmap_destinations(photo_results, heatmap_dir) if heatmap_dir else {}
+                raise QgsProcessingException("\n".join(t for t in (format_errors(run.errors), run.exit_description())
+                                                       if t) or tr("The backend located no photo."))
+            heatmaps = self._heatmap_destinations(photo_results, heatmap_dir, moved=not run_file)
             outputs = self._write_outputs(parameters, context, contract, photo_results, heatmaps)
-            if heatmaps:
+            if heatmaps and not run_file:
                 os.makedirs(heatmap_dir, exist_ok=True)
                 for src, dst in heatmaps.items():
                     shutil.move(src, dst)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+        missing = self._report_failures(run, photos, feedback)
+        outputs.update({"HEATMAPS": list(heatmaps.values()), "PHOTOS_LOCATED": len(photo_results),
+                        "PHOTOS_FAILED": len(run.errors), "PHOTOS_MISSING": len(missing)})
+        if heatmap_dir:
+            outputs[self.HEATMAP_DIR] = heatmap_dir
+        self._load_on_completion(context, outputs)
+        return outputs
+
+    @staticmethod
+    def _report_failures(run: BackendRun, photos: list[str], feedback: QgsProcessingFeedback) -> list[str]:
+        """Report photos that failed and, when the backend stopped early, the ones it never reached."""
         if run.errors:
             feedback.reportError(tr("{} of {} photos could not be located:\n{}").format(
                 len(run.errors), len(photos), format_errors(run.errors)), False)
-        outputs.update({"HEATMAPS": list(heatmaps.values()), "PHOTOS_LOCATED": len(photo_results),
-                        "PHOTOS_FAILED": len(run.errors)})
-        if heatmap_dir:
-            outputs[self.HEATMAP_DIR] = heatmap_dir
+        missing = missing_photos(photos, run)
+        if missing or (not run.clean_exit and not run.errors):
+            shown = "\n".join(missing[:20]) + ("\n…" if len(missing) > 20 else "")
+            feedback.reportError(tr("Partial result: {} of {} photos were neither located nor reported, because "
+                                    "the backend stopped early. {}\n{}").format(
+                                        len(missing), len(photos), run.exit_description(), shown).rstrip(), False)
+        return missing
+
+    def _load_on_completion(self, context: QgsProcessingContext, outputs: dict) -> None:
         style_on_load(context, outputs[self.OUTPUT], "candidates")
         style_on_load(context, outputs.get(self.EXIF_OUTPUT, ""), "exif")
         if context.project() is not None:
@@ -546,7 +611,6 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
                 context.addLayerToLoadOnCompletion(path, QgsProcessingContext.LayerDetails(
                     name, context.project(), "HEATMAPS"))
                 style_on_load(context, path, "heatmap")
-        return outputs
 
     def _write_outputs(self, parameters, context, contract: dict, photo_results: list[dict],
                        heatmaps: dict) -> dict:
@@ -586,7 +650,10 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
         return outputs
 
     @staticmethod
-    def _heatmap_destinations(photo_results: list[dict], heatmap_dir: str) -> dict:
-        """Backend heatmap (scratch folder) -> its final path in the user's heatmap folder, per photo."""
-        return {r["heatmap"]: os.path.join(heatmap_dir, os.path.basename(r["heatmap"]))
+    def _heatmap_destinations(photo_results: list[dict], heatmap_dir: str, moved: bool) -> dict:
+        """Backend heatmap -> its final path in the user's heatmap folder, per photo (the same path when the
+        backend wrote into that folder itself)."""
+        if not heatmap_dir:
+            return {}
+        return {r["heatmap"]: os.path.join(heatmap_dir, os.path.basename(r["heatmap"])) if moved else r["heatmap"]
                 for r in photo_results if r.get("heatmap") and os.path.isfile(r["heatmap"])}

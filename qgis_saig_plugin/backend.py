@@ -144,13 +144,17 @@ def managed_home() -> Path:
     return backend_install.managed_home(QgsApplication.qgisSettingsDirPath())
 
 
+def managed_source() -> str:
+    """How the backend the plugin installed is named as a :class:`BackendLocation` source."""
+    return f"the backend installed by the plugin ({managed_home()})"
+
+
 def managed_backend() -> BackendLocation | None:
     """The backend the plugin installed, when its installation completed (else None)."""
     record = backend_install.read_record(managed_home())
     if record is None:
         return None
-    return BackendLocation(_command_for(record["python"]),
-                           f"the backend installed by the plugin ({managed_home()})")
+    return BackendLocation(_command_for(record["python"]), managed_source())
 
 
 def locate_backend() -> BackendLocation:
@@ -190,6 +194,10 @@ def describe_exit(returncode: int, location: BackendLocation, stderr_tail: str) 
                 "Try fewer photos or rasters per run, a smaller chip size, or close other programs.")
     if returncode == 130:
         return "The SAIG backend was interrupted (exit code 130)."
+    crash = process.windows_crash(returncode)
+    if crash is not None:
+        hint = " Try fewer photos or rasters per run." if "memory" in crash else ""
+        return f"The SAIG backend crashed: {crash} (exit code {returncode & 0xFFFFFFFF:#x}).{hint}"
     if sig is not None:
         return f"The SAIG backend was stopped by signal {sig} ({_signal_name(sig)})."
     if "No module named" in stderr_tail and "saig_core" in stderr_tail:
@@ -224,11 +232,11 @@ def run_backend(
     """Run ``saig --progress json ARGS`` and stream its events to ``on_event`` (in this thread).
 
     Cancel is checked after every event and at least every 0.1 s; a cancel terminates the child's
-    process group and raises BackendCanceled. A child that exits non-zero without any result, or
-    that was killed by a signal, raises BackendError with an explanation (killed = probably out of
-    memory, missing module, ...). With ``partial_ok`` a killed child that produced results is returned
-    like any other non-zero exit: the caller must then account for what is missing
-    (:meth:`BackendRun.exit_description` says why).
+    process group and raises BackendCanceled. A child that exits non-zero, or that was killed by a
+    signal, raises BackendError with an explanation (killed = probably out of memory, missing
+    module, ...), whatever it printed before. With ``partial_ok`` a failed child that produced results
+    is returned instead: the caller must then account for what is missing (:func:`missing_photos`;
+    :meth:`BackendRun.exit_description` says why it stopped).
     """
     location = location or locate_backend()
     _check_executable(location)
@@ -305,13 +313,14 @@ def _wait_for_exit(proc: subprocess.Popen, is_canceled: Callable[[], bool] | Non
 
 
 def _check_outcome(run: BackendRun, location: BackendLocation, partial_ok: bool) -> None:
-    """Raise BackendError when the child failed without any result, or was killed (unless ``partial_ok``)."""
-    if run.clean_exit:
+    """Raise BackendError for any exit but 0, unless ``partial_ok`` and the child produced results.
+
+    A backend that printed results and then crashed or was killed did not finish: only a caller that
+    accounts for what is missing (``partial_ok``, see :func:`missing_photos`) may use those results.
+    """
+    if run.clean_exit or (partial_ok and run.results):
         return
-    killed = process.killed_by_signal(run.returncode) is not None and run.returncode != 130
-    if run.results and not (killed and not partial_ok):
-        return
-    if run.errors and run.returncode == 1:
+    if run.errors and run.returncode == 1 and not run.results:  # every input failed, each said why
         raise BackendError(format_errors(run.errors), run.returncode)
     raise BackendError(describe_exit(run.returncode, location, run.stderr_tail), run.returncode)
 
@@ -398,6 +407,52 @@ def _fetch_contract(location: BackendLocation, is_canceled: Callable[[], bool] |
         raise BackendError(f"{backend} answered 'saig schema' without {', '.join(missing)}: it does not "
                            f"match this plugin. {update}")
     return contract
+
+
+@dataclass
+class PhotoList:
+    """The photos a ``locate`` of the same inputs processes, and the files it skips with their reasons."""
+
+    photos: list[str]
+    skipped: list[tuple[str, str]]
+
+
+def list_photos(entries: Sequence[str], location: BackendLocation | None = None,
+                is_canceled: Callable[[], bool] | None = None) -> PhotoList:
+    """``saig photos ENTRIES --json``: the backend expands folders (recursively) exactly as ``locate`` does.
+
+    The plugin keeps no list of photo types or rules of its own: what the backend reads (HEIC, WebP,
+    ...) is accepted, and every file it skips comes with its reason.
+    """
+    location = location or locate_backend()
+    try:
+        run = run_backend(["photos", *entries, "--json"], location=location, is_canceled=is_canceled)
+    except BackendCanceled:
+        raise
+    except BackendError as e:
+        if e.returncode == 2:  # argparse: invalid choice 'photos'
+            raise BackendError(f"The SAIG backend {location.executable} (from {location.source}) is older than "
+                               "this plugin: it does not know 'saig photos', which tells the plugin which photos "
+                               "it will process. Update saig-geolocate in the backend environment.",
+                               e.returncode) from None
+        raise
+    answer = run.results[-1] if run.results else {}
+    photos = answer.get("photos")
+    if not isinstance(photos, list):
+        raise BackendError("The SAIG backend answered 'saig photos' without a photo list: update saig-geolocate "
+                           "in the backend environment.")
+    skipped = [(str(s.get("path", "")), str(s.get("reason", ""))) for s in answer.get("skipped") or []
+               if isinstance(s, dict)]
+    return PhotoList([str(p) for p in photos], skipped)
+
+
+def missing_photos(photos: Sequence[str], run: BackendRun) -> list[str]:
+    """The photos of the run that were neither located (a result) nor reported (an error event).
+
+    Empty after a complete run; after a backend that crashed or was killed, the photos it never reached.
+    """
+    accounted = {os.path.realpath(str(e.get("photo") or e.get("file") or "")) for e in (*run.results, *run.errors)}
+    return [p for p in photos if os.path.realpath(p) not in accounted]
 
 
 def describe_backend_info(info: dict) -> str:

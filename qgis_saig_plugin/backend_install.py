@@ -106,8 +106,10 @@ def read_record(home: Path) -> dict | None:
     return record
 
 
-def shipped_wheel(folder: Path = WHEELS) -> Path:
-    """The ``saig_geolocate-*.whl`` shipped inside the plugin; InstallError when there is none or several."""
+def shipped_wheel(folder: Path | None = None) -> Path:
+    """The ``saig_geolocate-*.whl`` shipped inside the plugin (``wheels/``); InstallError when there is none or
+    several."""
+    folder = WHEELS if folder is None else folder
     found = sorted(folder.glob("saig_geolocate-*.whl"))
     if len(found) != 1:
         what = "no backend wheel" if not found else f"{len(found)} backend wheels"

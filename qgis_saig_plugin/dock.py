@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -55,7 +56,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import styles
-from .algorithms import DEVICE_LABELS, DEVICES
+from .algorithms import DEVICE_LABELS, DEVICES, INPUT_MODE_LABELS
 from .backend import (
     BackendError,
     backend_contract,
@@ -64,12 +65,21 @@ from .backend import (
     configured_python,
     describe_backend_info,
     locate_backend,
+    managed_source,
     set_configured_python,
 )
+from .install_panel import InstallPanel
 
 THUMB_SIZE = QSize(64, 48)
 SETTINGS_PREFIX = "saig/dock/"
-TABLE_COLUMNS = ("Photo", "Rank", "Score", "Dist. EXIF (m)", "Lon", "Lat")
+#: The table's fixed columns: (header, candidate field, format); the backend's other per-candidate
+#: fields (heading, confidence, ... from ``saig schema``) follow them, see :func:`extra_table_fields`.
+TABLE_COLUMNS = (("Photo", "photo_name", ""), ("Rank", "rank", "{:.0f}"), ("Score", "score", "{:.3f}"),
+                 ("Dist. EXIF (m)", "distance_m", "{:.0f}"), ("Lon", "lon", "{:.6f}"), ("Lat", "lat", "{:.6f}"))
+#: Candidate fields not shown as table columns (identifiers and grid coordinates stay in the layer)
+HIDDEN_FIELDS = ("fid", "photo", "chip_id", "faiss_id", "x", "y", "grid_crs", "heatmap")
+#: Rows per page of the results table: a run of hundreds of photos never fills a table of thousands of rows
+PAGE_ROWS = 100
 ALL_FILES = "All files (*)"
 
 
@@ -112,6 +122,10 @@ class SaigDock(QgsDockWidget):
     build_finished = pyqtSignal(bool, str)
     #: (ok, message) once "Check backend" has an answer
     backend_checked = pyqtSignal(bool, str)
+    #: (ok, message) once "Install backend" has ended
+    backend_installed = pyqtSignal(bool, str)
+    #: the checkpoint's aerial footprint in metres once read (None: it records none, or unreadable)
+    model_defaults_read = pyqtSignal(object)
 
     def __init__(self, canvas: QgsMapCanvas, message_bar: QgsMessageBar,
                  selected_layers: Callable[[], list], parent: QWidget | None = None) -> None:
@@ -128,6 +142,14 @@ class SaigDock(QgsDockWidget):
         self.exif_layer: QgsVectorLayer | None = None
         self.heatmap_layers: dict[str, QgsRasterLayer] = {}
         self.results_group = None
+        self.heatmap_group = None
+        self.rows: list[tuple] = []  # (photo, feature id, values) of every candidate, in table order
+        self.table_fields: list[tuple[str, str, str]] = list(TABLE_COLUMNS)
+        self.page = 0
+        self._thumbs: dict[str, QIcon] = {}
+        self.last_run: dict | None = None  # the parameters of the last geolocation, for Resume
+        self.model_footprint_m: float | None = None  # the checkpoint's aerial footprint (backend-info)
+        self.defaults_task: QgsTask | None = None
         self._build_ui()
         self._restore_settings()
 
@@ -164,6 +186,8 @@ class SaigDock(QgsDockWidget):
         row.addWidget(self.check_backend_button)
         row.addWidget(self.backend_status, 1)
         form.addRow(row)
+        self.install_panel = InstallPanel()
+        form.addRow(self.install_panel)
         return box
 
     def _build_reference_box(self) -> QGroupBox:
@@ -185,6 +209,9 @@ class SaigDock(QgsDockWidget):
         row.addWidget(QLabel("Stride"))
         row.addWidget(self.stride)
         form.addRow(row)
+        self.chip_note = QLabel("")
+        self.chip_note.setWordWrap(True)
+        form.addRow(self.chip_note)
         form.addRow(self.build_button)
         self.checkpoint = QgsFileWidget()
         self.checkpoint.setStorageMode(QgsFileWidget.StorageMode.GetFile)
@@ -214,6 +241,11 @@ class SaigDock(QgsDockWidget):
         row.addWidget(QLabel("Device"))
         row.addWidget(self.device, 1)
         form.addRow("Top-k", row)
+        self.input_mode = QComboBox()
+        self.input_mode.addItems(list(INPUT_MODE_LABELS))
+        self.input_mode.setToolTip("How the backend reads the photos: its own detection per photo, or every photo "
+                                   "as a 360° panorama (--panorama) or as a limited field of view (--photo).")
+        form.addRow("Photos are", self.input_mode)
         self.use_prior = QCheckBox("Within")
         self.prior_radius = QgsDoubleSpinBox()
         self.prior_radius.setRange(1, 1e7)
@@ -237,37 +269,60 @@ class SaigDock(QgsDockWidget):
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip("Finish the last run where the backend stopped: the photos already located "
+                                      "are not redone.")
+        self.resume_button.setEnabled(False)
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
         row.addWidget(self.run_button)
         row.addWidget(self.cancel_button)
+        row.addWidget(self.resume_button)
         row.addWidget(self.progress, 1)
         return row
 
-    def _build_table(self) -> QTableWidget:
-        """The candidates table: one row per photo and rank, with a thumbnail of the photo."""
+    def _build_table(self) -> QWidget:
+        """The candidates table (one row per photo and rank, with a thumbnail), shown a page at a time."""
         self.table = QTableWidget(0, len(TABLE_COLUMNS))
-        self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
+        self.table.setHorizontalHeaderLabels([header for header, _, _ in TABLE_COLUMNS])
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setIconSize(THUMB_SIZE)
         self.table.verticalHeader().setVisible(False)
         self.table.verticalHeader().setDefaultSectionSize(THUMB_SIZE.height() + 4)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        for col in range(1, len(TABLE_COLUMNS)):
-            self.table.horizontalHeader().setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
-        return self.table
+        self.prev_page = QPushButton("◀")
+        self.next_page = QPushButton("▶")
+        self.page_label = QLabel("")
+        pager = QHBoxLayout()
+        pager.addWidget(self.prev_page)
+        pager.addWidget(self.page_label, 1)
+        pager.addWidget(self.next_page)
+        box = QWidget()
+        layout = QVBoxLayout(box)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.table, 1)
+        layout.addLayout(pager)
+        self._update_pager()
+        return box
 
     def _connect_widgets(self) -> None:
         self.check_backend_button.clicked.connect(self.check_backend)
+        self.install_panel.install_finished.connect(self._installed)
         self.build_button.clicked.connect(self.build_index)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
+        self.resume_button.clicked.connect(self.resume)
+        self.prev_page.clicked.connect(lambda: self.show_page(self.page - 1))
+        self.next_page.clicked.connect(lambda: self.show_page(self.page + 1))
         self.use_prior.toggled.connect(self.prior_radius.setEnabled)
         self.table.itemSelectionChanged.connect(self._zoom_to_selected_row)
         self.backend_python.fileChanged.connect(self._backend_changed)
+        self.checkpoint.fileChanged.connect(self.read_model_defaults)
+        self.chip_size.valueChanged.connect(self._check_chip_size)
 
     def _restore_settings(self) -> None:
         s = QgsSettings()
@@ -276,6 +331,7 @@ class SaigDock(QgsDockWidget):
         self._load_contract()
         self.index_dir.setFilePath(s.value(SETTINGS_PREFIX + "index", "", type=str))
         self.checkpoint.setFilePath(s.value(SETTINGS_PREFIX + "checkpoint", "", type=str))
+        self.read_model_defaults()
         self.top_k.setValue(s.value(SETTINGS_PREFIX + "top_k", 20, type=int))
         self.device.setCurrentIndex(s.value(SETTINGS_PREFIX + "device", 0, type=int))
 
@@ -372,6 +428,74 @@ class SaigDock(QgsDockWidget):
         self.info_task = QgsTask.fromFunction("Check SAIG backend", work, on_finished=done)
         QgsApplication.taskManager().addTask(self.info_task)
 
+    def _installed(self, ok: bool, text: str) -> None:
+        """After Install backend: say what was installed and which backend the plugin uses, then check it."""
+        self.backend_installed.emit(ok, text)
+        if not ok:
+            level = Qgis.MessageLevel.Info if text.startswith("Canceled") else Qgis.MessageLevel.Critical
+            self._message("SAIG backend install", text, level, 0)
+            return
+        self._show_backend_placeholder()
+        try:
+            used = locate_backend()
+        except BackendError:
+            used = None
+        if used is not None and used.source != managed_source():
+            text += f". The plugin still uses {used.executable} from {used.source}, which takes precedence."
+        self._message("SAIG backend installed", text, Qgis.MessageLevel.Success)
+        self._load_contract()
+        self.check_backend()
+
+    # -- defaults from the model ------------------------------------------------------------
+
+    def read_model_defaults(self, checkpoint: str = "") -> None:
+        """Chip size and stride from the checkpoint: the aerial footprint it was trained on (``backend-info``),
+        stride a quarter of it, as ``index build`` defaults them. Asked in a background task."""
+        checkpoint = checkpoint or self.checkpoint.filePath()
+        self.model_footprint_m = None
+        self._check_chip_size()
+        if not os.path.isfile(checkpoint):
+            return
+        try:
+            location = locate_backend()
+        except BackendError:
+            return
+
+        def work(task):
+            return backend_info(location, checkpoint, "cpu")
+
+        def done(exception, result=None):
+            if sip.isdeleted(self) or self.checkpoint.filePath() != checkpoint:
+                return
+            self.defaults_task = None
+            model = (result or {}).get("model") if exception is None else None
+            footprint = model.get("aerial_footprint_m") if isinstance(model, dict) else None
+            if not footprint:
+                self.chip_note.setText("" if exception is None else f"The checkpoint could not be read: {exception}")
+                self.model_defaults_read.emit(None)
+                return
+            self.model_footprint_m = float(footprint)
+            self.chip_size.setClearValue(self.model_footprint_m)
+            self.stride.setClearValue(self.model_footprint_m / 4)
+            self.chip_size.setValue(self.model_footprint_m)
+            self.stride.setValue(self.model_footprint_m / 4)
+            self._check_chip_size()
+            self.model_defaults_read.emit(self.model_footprint_m)
+
+        self.defaults_task = QgsTask.fromFunction("Read the SAIG checkpoint's chip size", work, on_finished=done)
+        QgsApplication.taskManager().addTask(self.defaults_task)
+
+    def _check_chip_size(self) -> None:
+        """A chip size more than 25 % off the checkpoint's footprint is allowed, with a warning."""
+        footprint, size = self.model_footprint_m, self.chip_size.value()
+        if footprint is None:
+            self.chip_note.setText("")
+        elif abs(size / footprint - 1) > 0.25:
+            self.chip_note.setText(f"⚠ The checkpoint was trained on {footprint:g} m chips: {size:g} m chips "
+                                   "will match photos worse (allowed).")
+        else:
+            self.chip_note.setText(f"Chip size from the checkpoint: {footprint:g} m.")
+
     # -- running algorithms -----------------------------------------------------------------
 
     def _start(self, algorithm_id: str, parameters: dict, kind: str, **extra) -> bool:
@@ -413,14 +537,17 @@ class SaigDock(QgsDockWidget):
         self.job = None
         self._set_running(False)
         signal = self.run_finished if job.kind == "locate" else self.build_finished
-        if not ok and job.extra.get("run_dir"):
-            _remove_if_empty(job.extra["run_dir"])
         if job.feedback.isCanceled():
+            if job.extra.get("run_dir") and not job.extra.get("resumed"):
+                shutil.rmtree(job.extra["run_dir"], ignore_errors=True)  # the folder this run made, nothing else
             self.progress.setValue(0)
             self._message("SAIG", "Canceled: nothing was written or added to the map.", Qgis.MessageLevel.Info)
             signal.emit(False, "canceled")
             return
         if not ok:
+            if job.extra.get("run_dir"):
+                _remove_if_empty(job.extra["run_dir"])
+                self.resume_button.setEnabled(os.path.isdir(job.extra["run_dir"]))  # results were committed
             text = _last_error(job.feedback.errors) or "The algorithm failed (see the Processing log)."
             self.progress.setValue(0)
             self._message("SAIG failed", text, Qgis.MessageLevel.Critical, 0)
@@ -434,20 +561,31 @@ class SaigDock(QgsDockWidget):
             self._message("SAIG index built", text, Qgis.MessageLevel.Success)
             signal.emit(True, text)
             return
+        self._located(job, results)
+
+    def _located(self, job: _Job, results: dict) -> None:
+        """A geolocation that produced results: load them; a partial run is a failure that can be resumed."""
         candidates = QgsVectorLayer(results["OUTPUT"], "SAIG candidates", "ogr")
         if not candidates.isValid():
             text = f"The candidates {results['OUTPUT']} could not be opened."
             self._message("SAIG failed", text, Qgis.MessageLevel.Critical, 0)
-            signal.emit(False, text)
+            self.run_finished.emit(False, text)
             return
         text = self.show_results(results)
-        failed = int(results.get("PHOTOS_FAILED") or 0)
+        failed, missing = int(results.get("PHOTOS_FAILED") or 0), int(results.get("PHOTOS_MISSING") or 0)
+        self.resume_button.setEnabled(missing > 0)
+        if missing:
+            text = (f"partial result: {text}; {missing} photo(s) not reached because the backend stopped early "
+                    f"(Resume finishes the run). {_last_error(job.feedback.errors)}")
+            self._message("SAIG failed", text, Qgis.MessageLevel.Critical, 0)
+            self.run_finished.emit(False, text)
+            return
         if failed:
             self._message("SAIG", f"{text}; {failed} photo(s) failed: {_last_error(job.feedback.errors)}",
                           Qgis.MessageLevel.Warning, 0)
         else:
             self._message("SAIG", text, Qgis.MessageLevel.Success)
-        signal.emit(True, text)
+        self.run_finished.emit(True, text)
 
     def build_index(self) -> None:
         """Build an index from the raster layers selected in the Layers panel, then use it."""
@@ -490,17 +628,41 @@ class SaigDock(QgsDockWidget):
             "PHOTOS": photos, "INDEX": index, "CHECKPOINT": self.checkpoint.filePath() or None,
             "TOP_K": self.top_k.value(), "DEVICE": self.device.currentIndex(),
             "PRIOR_RADIUS_M": self.prior_radius.value() if self.use_prior.isChecked() else None,
-            "OUTPUT": os.path.join(run_dir, "candidates.gpkg"),
-            "EXIF_OUTPUT": os.path.join(run_dir, "exif_positions.gpkg"),
+            "INPUT_MODE": self.input_mode.currentIndex(),
+            "RUN_FILE": os.path.join(run_dir, "backend-run.gpkg"), "RESUME": False,
             "HEATMAP_DIR": os.path.join(run_dir, "heatmaps"),
         }
-        if self._start("saig:geolocatephotos", params, "locate", run_dir=run_dir):
-            self.status.setText(f"Geolocating {len(photos)} photo(s)…")
+        self.last_run = {"params": params, "run_dir": run_dir, "attempt": 1}
+        self.resume_button.setEnabled(False)
+        self._start_locate(resumed=False)
+
+    def resume(self) -> None:
+        """Run the last geolocation again with ``--resume``: photos it already located are not redone."""
+        if self.last_run is None or self.is_running():
+            return
+        self.last_run["attempt"] += 1
+        self.last_run["params"]["RESUME"] = True
+        self.resume_button.setEnabled(False)
+        self._start_locate(resumed=True)
+
+    def _start_locate(self, resumed: bool) -> None:
+        run = self.last_run
+        assert run is not None
+        suffix = "" if run["attempt"] == 1 else f"_{run['attempt']}"  # layers of an earlier attempt stay valid
+        params = dict(run["params"], OUTPUT=os.path.join(run["run_dir"], f"candidates{suffix}.gpkg"),
+                      EXIF_OUTPUT=os.path.join(run["run_dir"], f"exif_positions{suffix}.gpkg"))
+        if self._start("saig:geolocatephotos", params, "locate", run_dir=run["run_dir"], resumed=resumed):
+            verb = "Resuming" if resumed else "Geolocating"
+            self.status.setText(f"{verb} {len(params['PHOTOS'])} photo(s) or folder(s)…")
 
     # -- results ----------------------------------------------------------------------------
 
     def show_results(self, results: dict) -> str:
-        """Add a geolocation run's outputs to the project (styled), fill the table, zoom to the best."""
+        """Add a geolocation run's outputs to the project (styled), fill the table, zoom to the best.
+
+        Heatmaps go into one collapsed sub-group where only the selected photo's is visible, so a run
+        of hundreds of photos adds one group, not hundreds of visible rasters.
+        """
         project = QgsProject.instance()
         group = project.layerTreeRoot().insertGroup(0, time.strftime("SAIG results %H:%M:%S"))
         candidates = QgsVectorLayer(results["OUTPUT"], "SAIG candidates", "ogr")
@@ -515,49 +677,76 @@ class SaigDock(QgsDockWidget):
                 project.addMapLayer(exif, False)
                 group.addLayer(exif)
                 self.exif_layer = exif
+        self.results_group = group
+        self.candidates_layer = candidates
+        self.rows = _candidate_rows(candidates)
+        self._add_heatmaps(group, self.rows)
+        self._set_table_columns(candidates)
+        self._thumbs = {}
+        self.show_page(0)
+        self.zoom_to_best()
+        photos = int(results.get("PHOTOS_LOCATED") or 0)
+        return f"{photos} photo(s) located, {candidates.featureCount()} candidates"
+
+    def _add_heatmaps(self, group, rows: list[tuple]) -> None:
+        """One hidden, collapsed sub-group of heatmaps (the selected photo's is made visible)."""
+        project = QgsProject.instance()
         self.heatmap_layers = {}
-        heatmap_of = {}
-        for feature in candidates.getFeatures():
-            if feature["heatmap"]:
-                heatmap_of.setdefault(str(feature["photo"]), str(feature["heatmap"]))
+        heatmap_of: dict[str, str] = {}
+        for photo, _, values in rows:
+            if values.get("heatmap"):
+                heatmap_of.setdefault(photo, str(values["heatmap"]))
+        self.heatmap_group = group.addGroup(f"Heatmaps ({len(heatmap_of)})") if heatmap_of else None
         for photo, path in heatmap_of.items():
             layer = QgsRasterLayer(path, f"SAIG heatmap {os.path.basename(photo)}")
             if not layer.isValid():
                 continue
             styles.style_heatmap(layer)
             project.addMapLayer(layer, False)
-            group.addLayer(layer)
+            self.heatmap_group.addLayer(layer).setItemVisibilityChecked(False)
             self.heatmap_layers[photo] = layer
-        self.results_group = group
-        self.candidates_layer = candidates
-        self._fill_table(candidates)
-        self.zoom_to_best()
-        photos = int(results.get("PHOTOS_LOCATED") or 0)
-        return f"{photos} photo(s) located, {candidates.featureCount()} candidates"
+        if self.heatmap_group is not None:
+            self.heatmap_group.setExpanded(False)
 
-    def _fill_table(self, layer: QgsVectorLayer) -> None:
+    def _set_table_columns(self, layer: QgsVectorLayer) -> None:
+        """The fixed columns, then the backend's other per-candidate fields (heading, confidence, ...)."""
+        self.table_fields = [(header, name, fmt) for header, name, fmt in TABLE_COLUMNS]
+        self.table_fields += [(name.replace("_", " ").capitalize(), name, "")
+                              for name in extra_table_fields(layer.fields().names())]
+        self.table.setColumnCount(len(self.table_fields))
+        self.table.setHorizontalHeaderLabels([header for header, _, _ in self.table_fields])
+
+    def page_count(self) -> int:
+        """Pages of the results table."""
+        return max(1, -(-len(self.rows) // PAGE_ROWS))
+
+    def show_page(self, page: int) -> None:
+        """Fill the table with one page of candidates (thumbnails are made only for the rows shown)."""
+        self.page = max(0, min(page, self.page_count() - 1))
+        shown = self.rows[self.page * PAGE_ROWS:(self.page + 1) * PAGE_ROWS]
         self.table.blockSignals(True)
-        self.table.setRowCount(0)
-        thumbs: dict[str, QIcon] = {}
-        for feature in layer.getFeatures():
-            row = self.table.rowCount()
-            self.table.insertRow(row)
-            photo = str(feature["photo"])
-            if photo not in thumbs:
-                thumbs[photo] = _thumbnail(photo)
-            first = QTableWidgetItem(thumbs[photo], str(feature["photo_name"]))
-            first.setData(Qt.ItemDataRole.UserRole, feature.id())
-            first.setToolTip(photo)
-            self.table.setItem(row, 0, first)
-            distance = feature["distance_m"]
-            values = (str(feature["rank"]), f"{float(feature['score']):.3f}",
-                      "" if distance is None or str(distance) == "NULL" else f"{float(distance):.0f}",
-                      f"{float(feature['lon']):.6f}", f"{float(feature['lat']):.6f}")
-            for col, value in enumerate(values, start=1):
-                item = QTableWidgetItem(value)
-                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.table.clearSelection()
+        self.table.setRowCount(len(shown))
+        for row, (photo, fid, values) in enumerate(shown):
+            if photo not in self._thumbs:
+                self._thumbs[photo] = _thumbnail(photo)
+            for col, (_, name, fmt) in enumerate(self.table_fields):
+                item = QTableWidgetItem(_format(values.get(name), fmt))
+                if col == 0:
+                    item.setIcon(self._thumbs[photo])
+                    item.setData(Qt.ItemDataRole.UserRole, fid)
+                    item.setToolTip(photo)
+                else:
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(row, col, item)
         self.table.blockSignals(False)
+        self._update_pager()
+
+    def _update_pager(self) -> None:
+        pages = self.page_count()
+        self.page_label.setText(f"page {self.page + 1} of {pages} · {len(self.rows)} candidates" if self.rows else "")
+        self.prev_page.setEnabled(self.page > 0)
+        self.next_page.setEnabled(self.page + 1 < pages)
 
     def _zoom_to_selected_row(self) -> None:
         rows = self.table.selectionModel().selectedRows()
@@ -568,8 +757,10 @@ class SaigDock(QgsDockWidget):
 
     def show_heatmap_of(self, photo: str) -> None:
         """Only the heatmap of this photo is visible (they overlap; the others stay in the group)."""
+        if self.heatmap_group is not None:
+            self.heatmap_group.setItemVisibilityChecked(photo in self.heatmap_layers)
         for other, layer in self.heatmap_layers.items():
-            node = self.results_group.findLayer(layer.id()) if self.results_group is not None else None
+            node = self.heatmap_group.findLayer(layer.id()) if self.heatmap_group is not None else None
             if node is not None:
                 node.setItemVisibilityChecked(other == photo)
 
@@ -588,18 +779,19 @@ class SaigDock(QgsDockWidget):
     def zoom_to_best(self) -> None:
         """Show the first photo's candidates and centre on its best one (table row 0)."""
         layer = self.candidates_layer
-        if layer is None or self.table.rowCount() == 0:
+        if layer is None or not self.rows:
             return
-        first_photo = self.table.item(0, 0).toolTip()
+        first_photo = self.rows[0][0]
         extent = QgsRectangle()
         extent.setMinimal()
         xform = self._to_canvas()
-        for feature in layer.getFeatures():
-            if str(feature["photo"]) == first_photo:
-                extent.combineExtentWith(xform.transform(feature.geometry().asPoint()))
+        for photo, fid, _ in self.rows:
+            if photo == first_photo:
+                extent.combineExtentWith(xform.transform(layer.getFeature(fid).geometry().asPoint()))
         if not extent.isEmpty():
             extent.scale(1.3)
             self.canvas.setExtent(extent)
+        self.show_heatmap_of(first_photo)
         self.table.selectRow(0)
 
     def _to_canvas(self) -> QgsCoordinateTransform:
@@ -624,6 +816,36 @@ def _thumbnail(path: str) -> QIcon:
     if image.isNull():
         return QIcon()
     return QIcon(QPixmap.fromImage(image))
+
+
+def _candidate_rows(layer: QgsVectorLayer) -> list[tuple]:
+    """(photo, feature id, attribute values) of every candidate, in layer order: all the table needs,
+    kept as plain values so paging never reads the layer again."""
+    names = layer.fields().names()
+    rows = []
+    for feature in layer.getFeatures():
+        values = dict(zip(names, feature.attributes(), strict=True))
+        rows.append((str(values.get("photo") or ""), feature.id(), values))
+    return rows
+
+
+def extra_table_fields(names: list[str]) -> list[str]:
+    """The candidate fields shown after the fixed columns: whatever else the backend reports per candidate
+    (its heading estimate, confidence, ...), so new backend columns appear without a plugin change."""
+    fixed = {name for _, name, _ in TABLE_COLUMNS}
+    return [name for name in names if name not in fixed and name not in HIDDEN_FIELDS and name != "photo_name"]
+
+
+def _format(value, fmt: str) -> str:
+    """A cell's text: empty for NULL, numbers by ``fmt`` (or as they are)."""
+    if value is None or str(value) == "NULL":
+        return ""
+    if fmt:
+        try:
+            return fmt.format(float(value))
+        except (TypeError, ValueError):
+            return str(value)
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def _remove_if_empty(folder: str) -> None:

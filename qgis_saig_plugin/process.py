@@ -113,9 +113,22 @@ def start_readers(proc: subprocess.Popen, sink: queue.Queue) -> list[threading.T
     return readers
 
 
+#: Windows NTSTATUS exit codes of a process that crashed (Windows has no signals and no OOM killer:
+#: a process out of memory ends with STATUS_NO_MEMORY or a MemoryError traceback and exit code 1).
+WINDOWS_CRASHES = {0xC0000005: "access violation", 0xC0000017: "out of memory (STATUS_NO_MEMORY)",
+                   0xC00000FD: "stack overflow", 0xC0000409: "fail-fast abort (STATUS_STACK_BUFFER_OVERRUN)",
+                   0xC000013A: "interrupted (Ctrl+C or the console closed)"}
+
+
+def windows_crash(returncode: int) -> str | None:
+    """What a Windows NTSTATUS exit code says (as an unsigned or a negative 32-bit number), else None."""
+    code = returncode & 0xFFFFFFFF
+    return WINDOWS_CRASHES.get(code) if (code & 0xC0000000) == 0xC0000000 else None
+
+
 def killed_by_signal(returncode: int) -> int | None:
     """The signal that ended a child (-N from Python, or 128+N from a shell wrapper), else None."""
-    if returncode < 0:
+    if returncode < 0 and windows_crash(returncode) is None:
         return -returncode
     if 128 < returncode < 128 + 65 and os.name == "posix":
         return returncode - 128

@@ -187,8 +187,8 @@ class World:
 
     root: Path
     ortho: Path
-    checkpoint: Path
-    other_checkpoint: Path
+    checkpoint: Path        # records an aerial footprint of CHIP_M metres
+    other_checkpoint: Path  # records none (as checkpoints written before footprints were recorded)
     photos: list            # JPEGs: two with EXIF GPS, one without
     exif: dict              # photo path -> (lon, lat, heading)
     bad_photo: Path         # a .jpg that is not an image
@@ -213,7 +213,7 @@ def assets(backend_python, tmp_path_factory) -> World:
             gps = [lon, lat, heading]
             exif[str(path)] = (lon, lat, heading)
         spec_photos.append({"path": str(path), "seed": 10 + i, "size": [256, 64], "gps": gps})
-    spec = {"checkpoints": [{"path": str(root / "micro.pt"), "seed": 0},
+    spec = {"checkpoints": [{"path": str(root / "micro.pt"), "seed": 0, "aerial_footprint_m": CHIP_M},
                             {"path": str(root / "other.pt"), "seed": 1}],
             "photos": spec_photos}
     spec_path = root / "spec.json"
@@ -269,3 +269,26 @@ class SignalRecorder:
     def wait(self, timeout: float = 120.0) -> tuple:
         wait_until(lambda: bool(self.calls), timeout, "the signal")
         return self.calls[-1]
+
+
+def write_backend_that_stops_after_two_photos(path: Path, death: str) -> Path:
+    """A backend that answers like the real one but whose ``locate`` stops after two photos' results.
+
+    Every other command runs the real backend; ``locate`` runs it too but passes on only its output up
+    to the second result line, then stops the real backend (SIGTERM to its process group: no cleanup,
+    as after a crash) and ``death`` happens: e.g. ``exit 1`` after a traceback (a crash) or
+    ``kill -9 $$`` (killed by a signal, as by the out-of-memory killer).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    real = f"{BACKEND_PYTHON}"
+    path.write_text(
+        "#!/bin/sh\n"
+        f'case " $* " in *" locate "*) ;; *) exec "{real}" "$@" ;; esac\n'
+        f'"{real}" "$@" | {{ n=0; while IFS= read -r line; do printf "%s\\n" "$line";\n'
+        '  case "$line" in *\'"event": "result"\'*) n=$((n+1)); [ $n -ge 2 ] && break ;; esac; done; }\n'
+        "echo 'Traceback (most recent call last):' >&2\n"
+        "echo 'RuntimeError: the stand-in backend stops here' >&2\n"
+        "trap '' TERM; kill -TERM 0\n"
+        f"{death}\n")
+    path.chmod(0o755)
+    return path

@@ -2,7 +2,8 @@
 
     python make_backend_fixtures.py SPEC.json
 
-SPEC: {"checkpoints": [{"path", "seed"}], "photos": [{"path", "seed", "size": [w, h], "gps": [lon, lat, heading]|null}]}
+SPEC: {"checkpoints": [{"path", "seed", "aerial_footprint_m"?}],
+      "photos": [{"path", "seed", "size": [w, h], "gps": [lon, lat, heading]|null}]}
 Writes tiny untrained saig_micro checkpoints (ground 32x128, aerial 64x64) and JPEG photos with EXIF GPS.
 """
 import json
@@ -50,7 +51,8 @@ def main() -> None:
         for ck in spec["checkpoints"]:
             torch.manual_seed(ck["seed"])
             model = build_model("saig_micro", ground_size=(32, 128), aerial_size=(64, 64))
-            save_checkpoint(model, ck["path"], note="untrained test model")
+            footprint = {"aerial_footprint_m": ck["aerial_footprint_m"]} if ck.get("aerial_footprint_m") else {}
+            save_checkpoint(model, ck["path"], note="untrained test model", **footprint)
     for p in spec.get("photos", []):
         photo(p["path"], p["seed"], p["size"], p.get("gps"))
 

@@ -3,13 +3,14 @@
 The plugin is installed and enabled in a temporary profile; this script finds it among QGIS's loaded
 plugins, opens its dock, geolocates photos through the dock with the real backend, saves a screenshot
 of the main window and a JSON report, unloads the plugin, then quits QGIS. Settings come from the JSON file named by
-SAIG_GUI_SPEC: {"ortho", "index", "photos", "screenshot", "report"}.
+SAIG_GUI_SPEC: {"ortho", "index", "photos", "screenshot", "dock_screenshot", "report"}.
 """
 import json
 import os
 import traceback
 
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+from qgis.gui import QgsCollapsibleGroupBox
 from qgis.PyQt.QtCore import QEventLoop, QTimer
 from qgis.utils import active_plugins, iface, plugins, unloadPlugin
 
@@ -41,6 +42,10 @@ def run() -> None:
     plugin.actions[0].setChecked(True)  # the toolbar button shows the dock
     report["dock_visible"] = dock.isVisible()
 
+    dock.check_backend_button.click()
+    report["backend_checked"] = wait_for(dock.backend_checked, 120000)
+    dock.install_panel.findChild(QgsCollapsibleGroupBox).setCollapsed(False)  # the install options, shown
+
     ortho = QgsRasterLayer(SPEC["ortho"], "orthophoto")
     QgsProject.instance().addMapLayer(ortho)
     iface.mapCanvas().setExtent(ortho.extent())
@@ -58,6 +63,7 @@ def run() -> None:
     iface.mapCanvas().refreshAllLayers()
     settle(3000)
     report["screenshot"] = iface.mainWindow().grab().save(SPEC["screenshot"])
+    report["dock_screenshot"] = dock.grab().save(SPEC["dock_screenshot"])
     report["unloaded"] = unloadPlugin("qgis_saig_plugin")
     report["provider_after_unload"] = QgsApplication.processingRegistry().providerById("saig") is not None
 

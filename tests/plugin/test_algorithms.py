@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import struct
@@ -11,12 +12,14 @@ import subprocess
 
 import pytest
 from conftest import (
+    BACKEND_PYTHON,
     CHIP_M,
     ORTHO_CRS,
     ORTHO_ORIGIN,
     ORTHO_PIXELS,
     STRIDE_M,
     run_backend_cli,
+    write_backend_that_stops_after_two_photos,
     write_backend_without_schema,
 )
 from qgis.core import (
@@ -81,8 +84,8 @@ def test_provider_offers_the_three_algorithms_with_help_and_exact_parameters():
     expected = {
         "saig:tileorthophoto": ["INPUT", "CHIP_SIZE_M", "STRIDE_M", "OUTPUT"],
         "saig:buildindex": ["INPUT", "CHECKPOINT", "CHIP_SIZE_M", "STRIDE_M", "DEVICE", "OUTPUT_DIR"],
-        "saig:geolocatephotos": ["PHOTOS", "INDEX", "CHECKPOINT", "TOP_K", "PRIOR_RADIUS_M", "DEVICE", "OUTPUT",
-                                 "EXIF_OUTPUT", "HEATMAP_DIR"],
+        "saig:geolocatephotos": ["PHOTOS", "INDEX", "CHECKPOINT", "TOP_K", "PRIOR_RADIUS_M", "DEVICE",
+                                 "INPUT_MODE", "RUN_FILE", "RESUME", "OUTPUT", "EXIF_OUTPUT", "HEATMAP_DIR"],
     }
     assert registry.providerById("saig").name() == "SAIG"
     for algorithm_id, names in expected.items():
@@ -134,6 +137,21 @@ def test_buildindex_writes_an_index_folder_for_the_checkpoint(assets, tmp_path):
     assert info.get("count", results["CHIP_COUNT"]) == results["CHIP_COUNT"]
     model = json.loads(run_backend_cli("info", str(assets.checkpoint), "--json").stdout.splitlines()[-1])
     assert results["FINGERPRINT"] == model["fingerprint"]
+
+
+def test_buildindex_chip_size_defaults_to_the_checkpoints_footprint_and_another_is_warned_about(assets, tmp_path):
+    ok, results, feedback = run_algorithm("saig:buildindex", {
+        "INPUT": [str(assets.ortho)], "CHECKPOINT": str(assets.checkpoint), "DEVICE": 2,
+        "OUTPUT_DIR": str(tmp_path / "default")})
+    assert ok, feedback.errors
+    info = json.loads(run_backend_cli("index", "info", str(tmp_path / "default"), "--json").stdout.splitlines()[-1])
+    assert info["chips"]["chip_size_m"] == CHIP_M and info["chips"]["stride_m"] == CHIP_M / 4
+    assert any(f"chip size {CHIP_M:g} m: the aerial footprint recorded" in m for m in feedback.messages)
+    ok, results, feedback = run_algorithm("saig:buildindex", {
+        "INPUT": [str(assets.ortho)], "CHECKPOINT": str(assets.checkpoint), "CHIP_SIZE_M": 100.0, "STRIDE_M": 50.0,
+        "DEVICE": 2, "OUTPUT_DIR": str(tmp_path / "bigger")})
+    assert ok, feedback.errors  # allowed ...
+    assert any("--chip-size-m 100 differs by 56%" in m for m in feedback.messages)  # ... with a warning
 
 
 def _geolocate(world, tmp_path, **extra):
@@ -358,6 +376,67 @@ def test_missing_backend_fails_with_the_fix_and_no_output(assets, tmp_path, monk
     assert not ok and not out.exists()
     message = "\n".join(feedback.errors)
     assert "does not exist" in message and "SAIG_PYTHON" in message
+
+
+@pytest.mark.parametrize("death, why", [("exit 1", "exit code 1"), ("kill -9 $$", "killed (signal 9)")])
+def test_a_backend_that_stops_after_two_photos_is_a_partial_result_with_the_missing_photo(
+        world, tmp_path, monkeypatch, death, why):
+    stand_in = write_backend_that_stops_after_two_photos(tmp_path / "stops" / "bin" / "python", death)
+    monkeypatch.setenv("SAIG_PYTHON", str(stand_in))
+    monkeypatch.setattr(backend, "_CONTRACTS", {})
+    ok, results, feedback = _geolocate(world, tmp_path, HEATMAP_DIR=str(tmp_path / "heatmaps"))
+    assert ok, feedback.errors  # what was located is kept ...
+    assert results["PHOTOS_LOCATED"] == 2 and results["PHOTOS_FAILED"] == 0
+    assert results["PHOTOS_MISSING"] == 1  # ... and the photo the backend never reached is counted
+    located = {f["photo"] for f in features(results["OUTPUT"])}
+    assert located == set(world.photos[:2]) and len(results["HEATMAPS"]) == 2
+    warning = "\n".join(feedback.errors)
+    assert "Partial result: 1 of 3 photos" in warning and why in warning and world.photos[2] in warning
+    assert not any("3 photos located" in m or "located 3" in m for m in feedback.messages)
+
+
+def test_resume_with_a_run_geopackage_finishes_an_interrupted_run_without_redoing_photos(
+        world, tmp_path, monkeypatch):
+    run_file = str(tmp_path / "run" / "backend.gpkg")
+    heatmaps = str(tmp_path / "heatmaps")
+    monkeypatch.setenv("SAIG_PYTHON", str(write_backend_that_stops_after_two_photos(
+        tmp_path / "stops" / "bin" / "python", "kill -9 $$")))
+    monkeypatch.setattr(backend, "_CONTRACTS", {})
+    ok, first, feedback = _geolocate(world, tmp_path, RUN_FILE=run_file, HEATMAP_DIR=heatmaps, INPUT_MODE=2)
+    assert ok and first["PHOTOS_MISSING"] == 1, feedback.errors
+    assert "--photo" in " ".join(feedback.messages)  # the input mode is passed through
+    monkeypatch.setenv("SAIG_PYTHON", str(BACKEND_PYTHON))
+    monkeypatch.setattr(backend, "_CONTRACTS", {})
+    ok, done, feedback = _geolocate(world, tmp_path, RUN_FILE=run_file, HEATMAP_DIR=heatmaps, INPUT_MODE=2,
+                                    RESUME=True, OUTPUT=str(tmp_path / "all.gpkg"))
+    assert ok, feedback.errors
+    assert "--resume" in " ".join(feedback.messages)
+    assert done["PHOTOS_LOCATED"] == 3 and done["PHOTOS_MISSING"] == 0
+    # the photos committed before the stop are not redone (the third may have been committed just before it)
+    assert any(re.match(r"resuming: [23] photo\(s\) already located", m) for m in feedback.messages)
+    assert sorted({f["photo"] for f in features(done["OUTPUT"])}) == sorted(world.photos)
+    assert len(done["HEATMAPS"]) == 3 and all(os.path.isfile(p) for p in done["HEATMAPS"])
+
+
+def test_photos_come_from_the_backend_so_folders_are_searched_recursively(world, tmp_path):
+    nested = tmp_path / "trip" / "day1" / "morning"
+    nested.mkdir(parents=True)
+    shutil.copy(world.photos[0], nested / "a.jpg")
+    shutil.copy(world.photos[1], tmp_path / "trip" / "b.jpg")
+    (tmp_path / "trip" / "notes.txt").write_text("not a photo")
+    ok, results, feedback = _geolocate(world, tmp_path, PHOTOS=[str(tmp_path / "trip")], TOP_K=1)
+    assert ok, feedback.errors
+    assert results["PHOTOS_LOCATED"] == 2 and results["PHOTOS_MISSING"] == 0
+    assert any("notes.txt: skipped: not a photo type" in m for m in feedback.messages)
+
+
+def test_candidates_keep_the_grid_crs_next_to_their_x_and_y(world, tmp_path):
+    ok, results, feedback = _geolocate(world, tmp_path, PHOTOS=world.photos[:1], TOP_K=2)
+    assert ok, feedback.errors
+    rows = features(results["OUTPUT"])
+    assert {f["grid_crs"] for f in rows} == {ORTHO_CRS}
+    names = rows[0].fields().names()
+    assert names.index("grid_crs") == names.index("y") + 1
 
 
 def test_killed_backend_during_index_build_is_probably_out_of_memory(assets, tmp_path, monkeypatch):

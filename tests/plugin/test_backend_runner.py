@@ -118,6 +118,54 @@ def test_killed_backend_is_reported_as_probably_out_of_memory(tmp_path):
         run_backend(["index", "build"], location=BackendLocation((str(script),), "test"))
 
 
+TWO_RESULTS = "\n".join([
+    """echo '{"event": "result", "photo": "/p/a.jpg", "candidates": []}'""",
+    """echo '{"event": "error", "file": "/p/b.jpg", "message": "not an image"}'""",
+    """echo '{"event": "result", "photo": "/p/c.jpg", "candidates": []}'""",
+])
+
+
+@pytest.mark.parametrize("death, why", [("echo 'Traceback (most recent call last):' >&2\nexit 1", "exit code 1"),
+                                        ("kill -9 $$", "killed"), ("kill -15 $$", "signal 15")])
+def test_results_then_a_crash_or_a_signal_are_a_failure_never_a_success(tmp_path, death, why):
+    script = fake_backend(tmp_path, TWO_RESULTS + "\n" + death)
+    location = BackendLocation((str(script),), "test")
+    with pytest.raises(BackendError, match=why):
+        run_backend(["tile"], location=location)  # a caller that cannot account for missing work: an error
+    run = run_backend(["locate"], location=location, partial_ok=True)  # one that can: the results and why
+    assert [r["photo"] for r in run.results] == ["/p/a.jpg", "/p/c.jpg"] and not run.clean_exit
+    assert why in run.exit_description()
+    photos = ["/p/a.jpg", "/p/b.jpg", "/p/c.jpg", "/p/d.jpg", "/p/e.jpg"]
+    assert backend.missing_photos(photos, run) == ["/p/d.jpg", "/p/e.jpg"]  # neither located nor reported
+
+
+def test_the_photo_list_comes_from_the_backend_with_skipped_files_and_reasons(tmp_path, backend_python):
+    (tmp_path / "trip" / "sub").mkdir(parents=True)
+    for name in ("trip/a.jpg", "trip/sub/b.heic", "trip/sub/c.webp", "trip/readme.txt"):
+        (tmp_path / name).write_bytes(b"")
+    found = backend.list_photos([str(tmp_path / "trip")],
+                                location=BackendLocation((str(backend_python), "-m", "saig_core"), "test"))
+    assert found.photos == [str(tmp_path / "trip" / "a.jpg"), str(tmp_path / "trip" / "sub" / "b.heic"),
+                            str(tmp_path / "trip" / "sub" / "c.webp")]  # recursive, HEIC and WebP included
+    assert [path for path, _ in found.skipped] == [str(tmp_path / "trip" / "readme.txt")]
+    assert "not a photo type" in found.skipped[0][1]
+
+
+def test_a_backend_without_saig_photos_is_told_to_update(tmp_path):
+    script = fake_backend(tmp_path, "echo \"saig: error: invalid choice: 'photos'\" >&2\nexit 2")
+    with pytest.raises(BackendError, match="does not know 'saig photos'.*Update saig-geolocate"):
+        backend.list_photos(["x"], location=BackendLocation((str(script),), "test"))
+
+
+def test_windows_crash_codes_are_named_not_taken_for_signals():
+    location = BackendLocation(("saig.exe",), "test")
+    assert process.killed_by_signal(-1073741801) is None  # 0xC0000017 as a signed exit code
+    assert "out of memory" in backend.describe_exit(0xC0000017, location, "")
+    assert "out of memory" in backend.describe_exit(-1073741801, location, "")
+    assert "access violation (exit code 0xc0000005)" in backend.describe_exit(0xC0000005, location, "")
+    assert process.killed_by_signal(-9) == 9  # POSIX signals still read as before
+
+
 def test_exit_137_from_a_wrapper_is_also_out_of_memory(tmp_path):
     script = fake_backend(tmp_path, "exit 137")
     with pytest.raises(BackendError, match="probably out of memory"):

@@ -5,7 +5,16 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import CHIP_M, ORTHO_CRS, STRIDE_M, SignalRecorder, wait_until, write_backend_without_schema
+from conftest import (
+    BACKEND_PYTHON,
+    CHIP_M,
+    ORTHO_CRS,
+    STRIDE_M,
+    SignalRecorder,
+    wait_until,
+    write_backend_that_stops_after_two_photos,
+    write_backend_without_schema,
+)
 from qgis.core import (
     QgsColorRampShader,
     QgsCoordinateReferenceSystem,
@@ -38,8 +47,9 @@ def dock():
     bar.clearWidgets()  # a message bar destroyed with items still shown crashes under pytest (sip)
 
 
-def backend_children() -> list:
-    """Process ids of running `python -m saig_core` children of this process."""
+def backend_children(command: bytes = b"locate") -> list:
+    """Process ids of running `python -m saig_core ... COMMAND` children of this process (the dock's own
+    background questions, such as backend-info for the checkpoint's chip size, are not the run)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -50,7 +60,7 @@ def backend_children() -> list:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"saig_core" in cmdline:
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"saig_core" in cmdline and command in cmdline:
             found.append(int(entry))
     return found
 
@@ -251,3 +261,54 @@ def test_a_killed_backend_is_reported_as_probably_out_of_memory_and_adds_nothing
     assert not ok and "probably out of memory" in text
     assert "probably out of memory" in message_texts(dock)
     assert QgsProject.instance().count() == 0 and os.listdir(results) == []
+
+
+@pytest.mark.parametrize("death, why", [("exit 1", "exit code 1"), ("kill -9 $$", "killed (signal 9)")])
+def test_a_backend_that_stops_after_two_photos_is_a_failure_shown_with_what_was_located_and_resumable(
+        dock, world, tmp_path, death, why):
+    from qgis.core import Qgis
+
+    dock.backend_python.setFilePath(str(write_backend_that_stops_after_two_photos(
+        tmp_path / "stops" / "bin" / "python", death)))
+    dock.index_dir.setFilePath(str(world.index))
+    dock.checkpoint.setFilePath("")  # the index's own
+    set_photos(dock, world.photos)
+    dock.top_k.setValue(2)
+    dock.device.setCurrentIndex(2)
+    dock.results_dir.setFilePath(str(tmp_path / "results"))
+    finished = SignalRecorder(dock.run_finished)
+    dock.run_button.click()
+    ok, text = finished.wait(120)
+    assert not ok, text  # never a green "3 photos located"
+    assert "partial result" in text and "1 photo(s) not reached" in text and why in text
+    assert dock.message_bar.currentItem().level() == Qgis.MessageLevel.Critical
+    assert dock.candidates_layer.featureCount() == 2 * 2  # what was located is on the map
+    assert dock.resume_button.isEnabled()
+
+    dock.backend_python.setFilePath(str(BACKEND_PYTHON))  # the real backend finishes the run
+    seen = len(finished.calls)
+    dock.resume_button.click()
+    wait_until(lambda: len(finished.calls) > seen, 120, "the resumed run")
+    ok, text = finished.calls[-1]
+    assert ok, text
+    assert text.startswith("3 photo(s) located")
+    assert {f["photo"] for f in dock.candidates_layer.getFeatures()} == set(world.photos)
+    assert not dock.resume_button.isEnabled()
+
+
+def test_chip_size_and_stride_default_to_the_checkpoints_footprint_and_another_size_is_warned(dock, assets):
+    read = SignalRecorder(dock.model_defaults_read)
+    dock.checkpoint.setFilePath(str(assets.checkpoint))
+    assert read.wait(120) == (CHIP_M,)
+    assert dock.chip_size.value() == CHIP_M and dock.stride.value() == CHIP_M / 4
+    assert "from the checkpoint: 64 m" in dock.chip_note.text()
+    dock.chip_size.setValue(100)
+    assert "⚠" in dock.chip_note.text() and "trained on 64 m" in dock.chip_note.text()
+    assert dock.build_button.isEnabled()  # a different choice stays possible
+    dock.chip_size.clear()
+    assert dock.chip_size.value() == CHIP_M  # clearing goes back to the checkpoint's footprint
+    seen = len(read.calls)
+    dock.checkpoint.setFilePath(str(assets.other_checkpoint))  # records no footprint
+    wait_until(lambda: len(read.calls) > seen, 120, "the second checkpoint's defaults")
+    assert read.calls[-1] == (None,)
+    assert dock.chip_note.text() == ""

@@ -11,6 +11,7 @@ import pytest
 from conftest import ARTIFACTS, REPO
 
 SCREENSHOT = ARTIFACTS / "qgis-desktop.png"
+DOCK_SCREENSHOT = ARTIFACTS / "qgis-dock.png"  # docs/plugin-dock.png is a copy of it
 
 
 @pytest.mark.slow
@@ -25,7 +26,8 @@ def test_qgis_desktop_loads_the_plugin_and_geolocates_through_its_dock(world, tm
                     str(profiles / "profiles" / "default"), "--checkout", str(REPO)], check=True, capture_output=True)
     ARTIFACTS.mkdir(exist_ok=True)
     spec = {"ortho": str(world.ortho), "index": str(world.index), "photos": world.photos,
-            "screenshot": str(SCREENSHOT), "report": str(tmp_path / "report.json")}
+            "screenshot": str(SCREENSHOT), "dock_screenshot": str(DOCK_SCREENSHOT),
+            "report": str(tmp_path / "report.json")}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "DISPLAY", "SAIG_PYTHON")}
     env.update(SAIG_GUI_SPEC=str(tmp_path / "spec.json"), HOME=str(tmp_path / "home"))
@@ -42,4 +44,6 @@ def test_qgis_desktop_loads_the_plugin_and_geolocates_through_its_dock(world, tm
     assert report["run_ok"], report["run_text"]
     assert report["rows"] == 15 and "SAIG candidates" in report["layers"]
     assert report["screenshot"] and SCREENSHOT.stat().st_size > 10_000
+    assert report["backend_checked"][0], report["backend_checked"]  # Check backend answered in the dock
+    assert report["dock_screenshot"] and DOCK_SCREENSHOT.stat().st_size > 10_000
     assert report["unloaded"] and not report["provider_after_unload"]
