@@ -436,7 +436,9 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
         return tr(
             "Where was this photo taken? Encodes each ground photo with the SAIG ground branch and searches the "
             "reference index for the most similar aerial chips.\n\n"
-            "Photos: image files of the types the backend reads ('saig schema' lists them), or a folder of them. "
+            "Photos: image files of any type the backend reads (HEIC, WebP, ... as 'saig schema' lists), or folders "
+            "of them, searched recursively; the backend lists the photos it will process ('saig photos') and every "
+            "other file is named in the log with the reason it is skipped. "
             "Index: a folder made by 'Build reference index'. "
             "Checkpoint: optional when the index records its checkpoint; a checkpoint of another model than "
             "the index's is refused. Top-k: candidates per photo. Prior radius: when set, only chips within this "
@@ -444,7 +446,12 @@ class GeolocatePhotosAlgorithm(SaigAlgorithm):
             "Output: one point per photo and rank (EPSG:4326) with photo, rank, score, chip id, lon/lat, grid "
             "x/y and distance (m) to the EXIF position. Optional: the EXIF positions as points, and one Float32 "
             "similarity heatmap GeoTIFF per photo on the chip grid (nodata where there is no chip).\n\n"
-            "A photo that cannot be read is reported in the log and the others are still located.")
+            "A photo that cannot be read is reported in the log and the others are still located. When the backend "
+            "stops early (a crash, out of memory), what it located is returned with PHOTOS_MISSING = the photos it "
+            "never reached, and a warning: it is a partial result.\n\n"
+            "Advanced: Photos are = detected per photo (XMP GPano, else a 2:1 aspect), all 360° panoramas, or all "
+            "limited field of view photos. Backend run GeoPackage: keep the backend's own results there; with "
+            "Resume, an interrupted run of the same GeoPackage is finished without redoing located photos.")
 
     def initAlgorithm(self, config=None) -> None:
         """Declare the parameters and outputs."""

@@ -228,7 +228,13 @@ class SaigDock(QgsDockWidget):
         self.photos = QgsFileWidget()
         self.photos.setStorageMode(QgsFileWidget.StorageMode.GetMultipleFiles)
         self.photos.setDialogTitle("Ground photos")
-        form.addRow("Photos", self.photos)
+        self.photos.setToolTip("Photo files, or folders of photos (searched recursively by the backend)")
+        self.add_folder_button = QPushButton("+ Folder")
+        self.add_folder_button.setToolTip("Add a folder of photos: the backend takes every photo below it")
+        row = QHBoxLayout()
+        row.addWidget(self.photos, 1)
+        row.addWidget(self.add_folder_button)
+        form.addRow("Photos", row)
         self.top_k = QgsSpinBox()
         self.top_k.setRange(1, 1000)
         self.top_k.setClearValue(20)
@@ -316,6 +322,7 @@ class SaigDock(QgsDockWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.resume_button.clicked.connect(self.resume)
+        self.add_folder_button.clicked.connect(self._add_photo_folder)
         self.prev_page.clicked.connect(lambda: self.show_page(self.page - 1))
         self.next_page.clicked.connect(lambda: self.show_page(self.page + 1))
         self.use_prior.toggled.connect(self.prior_radius.setEnabled)
@@ -341,6 +348,17 @@ class SaigDock(QgsDockWidget):
         s.setValue(SETTINGS_PREFIX + "checkpoint", self.checkpoint.filePath())
         s.setValue(SETTINGS_PREFIX + "top_k", self.top_k.value())
         s.setValue(SETTINGS_PREFIX + "device", self.device.currentIndex())
+
+    def _add_photo_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of photos", os.path.expanduser("~"))
+        if folder:
+            self.add_photos([folder])
+
+    def add_photos(self, paths: list[str]) -> None:
+        """Add files or folders to the photos field (kept in the order given, each once)."""
+        current = [p for p in QgsFileWidget.splitFilePaths(self.photos.filePath()) if p]
+        merged = list(dict.fromkeys([*current, *paths]))
+        self.photos.setFilePath(" ".join(f'"{p}"' for p in merged))
 
     def _backend_changed(self, path: str) -> None:
         set_configured_python(path)

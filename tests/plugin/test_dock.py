@@ -312,3 +312,28 @@ def test_chip_size_and_stride_default_to_the_checkpoints_footprint_and_another_s
     wait_until(lambda: len(read.calls) > seen, 120, "the second checkpoint's defaults")
     assert read.calls[-1] == (None,)
     assert dock.chip_note.text() == ""
+
+
+def test_a_folder_of_photos_is_located_recursively_through_the_dock(dock, world, tmp_path):
+    import shutil
+
+    trip = tmp_path / "trip"
+    (trip / "day1" / "morning").mkdir(parents=True)
+    shutil.copy(world.photos[0], trip / "day1" / "morning" / "a.jpg")
+    shutil.copy(world.photos[1], trip / "b.jpg")
+    (trip / "notes.txt").write_text("not a photo")
+    dock.index_dir.setFilePath(str(world.index))
+    dock.checkpoint.setFilePath("")
+    dock.add_photos([str(trip)])
+    dock.add_photos([str(trip)])  # once only
+    assert dock.photos.filePath() == f'"{trip}"'
+    dock.top_k.setValue(1)
+    dock.device.setCurrentIndex(2)
+    dock.results_dir.setFilePath(str(tmp_path / "results"))
+    finished = SignalRecorder(dock.run_finished)
+    dock.run_button.click()
+    ok, text = finished.wait(120)
+    assert ok, text
+    assert text.startswith("2 photo(s) located")
+    assert {f["photo"] for f in dock.candidates_layer.getFeatures()} == {str(trip / "day1" / "morning" / "a.jpg"),
+                                                                        str(trip / "b.jpg")}
