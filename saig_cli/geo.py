@@ -24,14 +24,19 @@ from saig_core.runtime.args import (
 from saig_core.runtime.progress import Reporter
 from tiling.search import INDEX_KINDS, ONDISK_MIN, describe_index_kinds
 
+RASTERS_HELP = ("orthophotos: raster files (GeoTIFF, .vrt, ...), folders (searched recursively) or glob patterns; "
+                "mosaicked as one surface (where they overlap, the first given wins per pixel)")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``tile``, ``index build``/``info``, ``schema``, ``photos`` and ``locate`` to the ``saig`` subparsers."""
     p = sub.add_parser("tile", help="cut orthophotos into georeferenced chips; write the manifest (GeoPackage)")
-    p.add_argument("rasters", nargs="+", metavar="ORTHO", help="GeoTIFF orthophotos (overlaps: the first given wins)")
+    p.add_argument("rasters", nargs="+", metavar="ORTHO", help=RASTERS_HELP)
     _chip_args(p)
     p.add_argument("--aerial-size", type=image_size, default=(256, 256), metavar="HxW",
                    help="chip size in pixels (the model's aerial input; default 256x256)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="processes reading chips (default: every core)")
     p.add_argument("--out", required=True, type=output_file,
                    help="output GeoPackage (layer 'chips'; missing parent folders are created)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -41,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     idx = sub.add_parser("index", help="build or inspect a reference index of aerial chips")
     isub = idx.add_subparsers(dest="index_command", metavar="ACTION", required=True)
     p = isub.add_parser("build", help="encode every chip of the orthophotos into a FAISS index folder")
-    p.add_argument("rasters", nargs="+", metavar="ORTHO", help="GeoTIFF orthophotos (overlaps: the first given wins)")
+    p.add_argument("rasters", nargs="+", metavar="ORTHO", help=RASTERS_HELP)
     p.add_argument("--checkpoint", required=True, help="model checkpoint (its aerial branch encodes the chips)")
     _chip_args(p, from_checkpoint=True)
     p.add_argument("--out", required=True, type=output_dir,
@@ -49,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_arg(p)
     add_precision_arg(p)
     p.add_argument("--batch-size", type=positive_int, default=32, help="chips per encoder batch (default 32)")
+    p.add_argument("--read-workers", type=positive_int, default=1,
+                   help="processes reading chips while this one encodes (default 1: a reading thread)")
     p.add_argument("--index-type", default="auto", choices=INDEX_KINDS, help=describe_index_kinds())
     p.add_argument("--storage", default="auto", choices=("auto", "memory", "disk"),
                    help="where a compressed index keeps its inverted lists: memory, or disk (memory-mapped lists and "
@@ -162,7 +169,8 @@ def cmd_tile(args: argparse.Namespace, reporter: Reporter) -> int:
     from tiling.tile import tile_rasters
 
     make_parents(args.out)
-    result = tile_rasters(args.rasters, _params(args, args.aerial_size), args.out, reporter, overwrite=args.overwrite)
+    result = tile_rasters(args.rasters, _params(args, args.aerial_size), args.out, reporter, overwrite=args.overwrite,
+                          workers=args.workers)
     _report(args, reporter, f"wrote {result.count} chips ({result.crs}) to {result.output}",
             output=str(result.output), layer="chips", count=result.count, crs=result.crs)
     return 1 if result.failed else 0
@@ -176,7 +184,7 @@ def cmd_index_build(args: argparse.Namespace, reporter: Reporter) -> int:
     opts = BuildOptions(checkpoint=args.checkpoint, device=args.device, precision=args.precision,
                         batch_size=args.batch_size,
                         index_type=args.index_type, storage=args.storage, overwrite=args.overwrite,
-                        shard_chips=args.shard_size, ray=args.ray)
+                        shard_chips=args.shard_size, ray=args.ray, read_workers=args.read_workers)
     result = build_index(args.rasters, args.chip_size_m, args.stride_m, args.out, opts, reporter,
                          chip_kwargs=dict(min_valid=args.min_valid, grid=args.grid, grid_crs=args.grid_crs,
                                           zoom=args.zoom))

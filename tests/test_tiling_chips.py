@@ -99,27 +99,38 @@ def test_single_band_16_bit_is_stretched_to_grey_rgb(tmp_path):
     rng = np.random.default_rng(0)
     data = (1000 + rng.random((1, 200, 200)) * 4000).astype(np.uint16)
     path = write_raster(tmp_path / "pan.tif", data, nodata=0)
-    src = open_source(path)
-    lo, hi = src.stretch
-    src.close()
+    planner, chips = cut([path])
+    (lo, hi), = planner.stretch
     assert 1000 <= lo < 1200 and 4800 < hi <= 5000
-    _, chips = cut([path])
     rgb = np.stack([r for _, r in chips])
     assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
     inside = rgb[[c.valid_fraction == 1.0 for c, _ in chips]]
     assert inside.min() < 40 and inside.max() > 215 and 100 < inside.mean() < 155  # 2..98 % -> 0..255
 
 
-def test_overlapping_rasters_give_one_chip_per_cell_from_the_first_raster(tmp_path):
+def test_overlapping_rasters_are_one_surface_first_given_wins_per_pixel(tmp_path):
     a = ortho(tmp_path / "a.tif", seed=1)
     b = ortho(tmp_path / "b.tif", seed=2, transform=from_origin(ORIGIN[0] + 50, ORIGIN[1], 0.5, 0.5))
-    _, chips = cut([a, b])
+    _, chips = cut([a, b], chip=16.0, stride=16.0)
     ids = [c.chip_id for c, _ in chips]
     assert len(ids) == len(set(ids))
-    cells_a = {(c.row, c.col) for c, _ in cut([a])[1]}
-    for c, _ in chips:
-        assert c.source == str(a if (c.row, c.col) in cells_a else b)
-    assert len(chips) == 16 * 11 - 4  # union 150 m x 100 m: cells from 499990 to 500140, corners < 0.5 valid
+    with rasterio.open(a) as ra, rasterio.open(b) as rb:
+        pa, pb = ra.read(), rb.read()
+    for c, rgb in chips:
+        minx, _, _, maxy = c.footprint
+        assert c.source == str(a if minx < ORIGIN[0] + 100 else b)  # the first raster giving it pixels
+        if minx < ORIGIN[0] or minx + 16 > ORIGIN[0] + 150 or maxy > ORIGIN[1] or maxy - 16 < ORIGIN[1] - 100:
+            continue  # edge cells of the union: padded
+        # every pixel: from a where a covers it (first given), else from b; no black seam
+        row = int(round((ORIGIN[1] - maxy) / 0.5))
+        for j in range(32):
+            x = minx + (j + 0.5) * 0.5
+            expected = pa[:, row:row + 32, int((x - ORIGIN[0]) / 0.5)] if x < ORIGIN[0] + 100 else \
+                pb[:, row:row + 32, int((x - ORIGIN[0] - 50) / 0.5)]
+            np.testing.assert_array_equal(rgb[:, j].T, expected)
+    # union x 500000..500150, y 5000000..5000100 on a 16 m lattice: 9 whole columns (500144 holds 6 m),
+    # 6 whole rows (the top row holds 4 m); the seam at x = 500100 costs nothing
+    assert len(chips) == 9 * 6
 
 
 def test_geographic_raster_is_cut_on_its_utm_zone(tmp_path):

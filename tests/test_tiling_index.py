@@ -149,24 +149,3 @@ def test_compressed_indexes_find_neighbours_and_score_like_their_search(kind):
     sub_scores, ids = search.search(index, q[:3], 5, subset)
     assert set(ids.ravel()) <= set(subset)
     np.testing.assert_allclose(sub_scores, -np.sort(-full[:3, subset], axis=1)[:, :5], atol=1e-6)
-
-
-def test_a_raster_failing_mid_read_contributes_no_chip_and_the_others_are_indexed(world, tmp_path):
-    from rasterio.transform import from_origin
-
-    _, ckpt, tif, _, _ = world
-    full = ortho(tmp_path / "full.tif", h=400, w=400, seed=7, transform=from_origin(500_200.0, 5_000_100.0, 0.5, 0.5))
-    truncated = tmp_path / "truncated.tif"
-    truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])  # header intact, pixels cut
-    out = tmp_path / "idx"
-    proc = run("--progress", "json", "index", "build", truncated, tif, "--checkpoint", ckpt, "--chip-size-m", 20,
-               "--stride-m", 10, "--out", out, check=False)
-    events = json_lines(proc.stdout)
-    errors = [e for e in events if e["event"] == "error"]
-    assert proc.returncode == 1 and [e["file"] for e in errors] == [str(truncated)]
-    assert "truncated or corrupt" in errors[0]["message"]
-    assert events[-1]["event"] == "result" and events[-1]["count"] == 117
-    chips = read_manifest(out / "chips.gpkg")
-    assert set(chips["source"]) == {str(tif)}
-    meta = json.loads((out / "metadata.json").read_text())
-    assert meta["failed_sources"] == [str(truncated)] and meta["count"] == 117

@@ -158,18 +158,26 @@ def test_locate_refuses_an_index_with_a_corrupted_file(indexed, tmp_path):
 
 
 def test_heatmap_on_an_xyz_grid_is_centred_on_the_tiles(tmp_path):
+    from typing import NamedTuple
+
     import mercantile
+
+    class Cell(NamedTuple):
+        row: int
+        col: int
 
     from tiling.chips import ChipParams, ChipPlanner, open_sources
     from tiling.heatmap import write_heatmap
 
     sources = open_sources([str(ortho(tmp_path / "o.tif", h=400, w=400))])
     planner = ChipPlanner(sources, ChipParams(20.0, 20.0, out_size=(32, 32), grid="xyz"))
-    chips = list(planner.candidates())
+    plans = list(planner.rows())
     sources[0].close()
     g = planner.grid
     grid = {"stride": g.stride, "chip_size": g.chip_size, "origin": list(g.origin)}
-    rows, cols = np.array([c.row for c in chips]), np.array([c.col for c in chips])
+    rows = np.concatenate([np.full(p.cols.size, p.row) for p in plans])
+    cols = np.concatenate([p.cols for p in plans])
+    chips = [Cell(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
     scores = np.linspace(0, 1, len(chips), dtype=np.float32)
     path = write_heatmap(tmp_path / "h.tif", rows, cols, scores, grid, "EPSG:3857")
     with rasterio.open(path) as src:

@@ -1,31 +1,43 @@
-"""Orthophotos to georeferenced chips: planning (geometry only) and streaming windowed reads.
+"""Orthophotos to georeferenced chips: planning (geometry only) and reading, the rasters of a run as one surface.
 
 Behaviour, each decision documented here and tested:
 
 * **Grid**: chips are cells of a :class:`~tiling.grid.GridSpec` lattice; each chip is resampled to
   ``out_size`` pixels covering exactly its footprint (bilinear by default), so chip pixel
   ``(i, j)`` is centred at ``(minx + (j + .5) * gsd, maxy - (i + .5) * gsd)`` in the grid CRS.
-* **Reads**: when the grid CRS is the raster's CRS, chips are read straight from the file: the
-  enclosing whole-pixel window (integer-decimated, from overviews when present, for chips at least
-  2x coarser than the raster), then resampled to the exact footprint by Pillow; otherwise
-  GDAL warps just the chip's output pixels (``rasterio.warp.reproject`` from the file's bands, with
-  a destination alpha for validity). Only the window of one chip is read
-  at a time and GDAL's block cache is capped (:data:`GDAL_CACHE_MB`), so memory stays bounded
-  whatever the raster size.
-* **Validity**: a chip pixel is invalid when the raster's mask says so (nodata value, alpha band,
+* **Mosaic**: the rasters of a run are one surface. Each grid cell is a candidate once, whatever
+  the number of rasters covering it (:mod:`tiling.footprint`: cells near each raster's valid data,
+  row by row), and its chip is composited from every raster covering it: each raster's pixels are
+  resampled to the chip and used where that raster is valid and no earlier-given raster already
+  was (first given wins per pixel). A mosaic of tiles therefore gives the cells and, within
+  resampling tolerance at the seams, the pixels of the raster they were cut from.
+* **Reads**: rasters in the grid CRS are read straight from the file; rasters in another CRS
+  through a GDAL ``WarpedVRT`` in the grid CRS (with a warped alpha for validity). A grid row of
+  chips is read as one window per raster (at most :data:`SEGMENT_PX` pixels wide: a segment), so a
+  block is decoded once for all the chips that touch it (GDAL's block cache, capped at
+  :data:`GDAL_CACHE_MB`, keeps it for the next row); chips at least 2x coarser than the raster are
+  read decimated by an integer factor (overviews when present); each chip is then resampled to its
+  exact sub-pixel footprint by Pillow. :func:`iter_chips` spreads the rows over worker processes
+  (every core) in bounded batches, results in run order, so memory stays bounded whatever the
+  raster size.
+* **Validity**: a chip pixel is invalid when no raster's mask says valid (nodata value, alpha band,
   internal mask, outside the raster) or, for rasters without any of these, when all its bands are 0
   (a black collar). Chips whose valid fraction is below ``min_valid`` (default 0.5) are skipped;
-  in kept chips invalid pixels are black (0).
-* **Edges**: a cell partly outside the raster is padded with invalid pixels (never shifted inward),
-  so its footprint is always exactly its cell; the validity rule decides whether it is kept.
-* **Overlapping rasters**: each grid cell yields at most one chip: from the first raster, in the
-  order given, where it passes the validity rule. Pixels are not mosaicked across rasters.
+  in kept chips invalid pixels are black (0). A chip's ``source`` is the first raster that gave it
+  valid pixels.
+* **Edges**: a cell partly outside the rasters is padded with invalid pixels (never shifted
+  inward), so its footprint is always exactly its cell; the validity rule decides whether it is kept.
+* **Failures**: a raster whose window cannot be read or reprojected (a truncated file, a GDAL warp
+  error) is reported once and then contributes only the chips it could be read for; the other
+  rasters still fill those cells, so a failing raster leaves no hole where another has data. The
+  outcome depends only on the data, not on timing, workers or resume points.
 * **Bands**: red/green/blue by colour interpretation when present, else bands 1-3; one band (grey
   or 16-bit panchromatic) is repeated to three; a palette band is expanded; alpha is a mask.
 * **Bit depth**: uint8 is used as is. Any other type (uint16, int16, float) is stretched linearly to
-  0..255 between the 2nd and 98th percentiles of the raster's valid pixels, computed once per raster
-  from a decimated read (at most :data:`STATS_SIZE` pixels on the long side, overviews when present),
-  over all bands together so colour balance is kept.
+  0..255 between the 2nd and 98th percentiles of the valid pixels of all such rasters of the run
+  together, one stretch per band (so adjacent tiles agree), computed once from decimated reads (at
+  most :data:`STATS_SIZE` pixels per raster on the long side, fewer when there are many rasters;
+  overviews when present).
 """
 from __future__ import annotations
 
@@ -41,17 +53,22 @@ import rasterio  # rasterio ships no type information
 from pyproj import CRS, Transformer
 from rasterio import windows
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.transform import from_bounds
-from rasterio.warp import reproject
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from saig_core.errors import SaigError
+from tiling.footprint import Layout, RowIndex, RowPlan, dilate, mask_shape
 from tiling.grid import GridSpec, choose_grid
 
 GDAL_CACHE_MB = 256
 STATS_SIZE = 1024
-MAX_CANDIDATES = 20_000_000
+SEGMENT_PX = 4096  # widest window (source pixels) read at once for a row of chips
+TASK_CELLS = 96  # candidates per task handed to a worker process
+PARALLEL_MIN = 600  # fewer candidates than this are read in this process (no worker start-up)
+MARGIN = 3  # read pixels around a segment (each side, after decimation): the resampling filter's support
 _WGS84 = CRS.from_epsg(4326)
+# what a GDAL read or warp raises for a bad file (WarpOperationError is a RasterioError)
+READ_ERRORS = (rasterio.errors.RasterioError, rasterio._err.CPLE_BaseError)
 
 
 class RasterError(SaigError, ValueError):
@@ -123,15 +140,33 @@ class SourceRaster:
     crs: CRS
     bands: list[int]
     palette: np.ndarray | None
-    stretch: tuple[float, float] | None
     collar_rule: bool
     pixel_size_m: float
     lonlat_bounds: tuple[float, float, float, float]
-    _ds: rasterio.io.DatasetReader = field(repr=False)  # for planning and statistics (readers open their own)
+    _ds: rasterio.io.DatasetReader | None = field(repr=False)  # for planning (readers open their own)
+
+    @property
+    def is_8bit(self) -> bool:
+        """uint8 bands or a palette: used as they are (no contrast stretch)."""
+        return self.palette is not None or np.dtype(self.dtype) == np.uint8
+
+    @property
+    def dtype(self) -> str:
+        """The data type of the bands read."""
+        if self._ds is None:
+            return str(self.__dict__["_dtype"])
+        return str(self._ds.dtypes[self.bands[0] - 1])
 
     def close(self) -> None:
         """Close the planning dataset."""
-        self._ds.close()
+        if self._ds is not None:
+            self._ds.close()
+
+    def __getstate__(self) -> dict:  # sent to worker processes without the open dataset
+        state = dict(self.__dict__)
+        state["_dtype"] = self.dtype if self._ds is not None else state.get("_dtype")
+        state["_ds"] = None
+        return state
 
 
 def open_source(path: str | os.PathLike, index: int = 0) -> SourceRaster:
@@ -181,19 +216,18 @@ def _validate(path: Path, index: int, ds) -> SourceRaster:
                 palette[k] = rgba[:3]
     flags = ds.mask_flag_enums[bands[0] - 1]
     collar_rule = flags == [MaskFlags.all_valid]
-    to_wgs = Transformer.from_crs(crs, _WGS84, always_xy=True)
     try:
+        to_wgs = Transformer.from_crs(crs, _WGS84, always_xy=True)
         left, bottom, right, top = ds.bounds
         lonlat = to_wgs.transform_bounds(left, bottom, right, top, densify_pts=21)
-    except Exception as e:  # noqa: BLE001 - pyproj raises several kinds
-        raise RasterError(path, f"its extent cannot be transformed to EPSG:4326 ({e})") from None
-    if not all(math.isfinite(v) for v in lonlat):
+        pixel_size_m = _pixel_size_m(ds, crs)
+    except Exception as e:  # noqa: BLE001 - pyproj raises several kinds (e.g. a Mars CRS: another body)
+        reason = _short(e).split("proj_create_operations: ")[-1]
+        raise RasterError(path, f"its CRS ({crs.name}) cannot be related to the Earth's (EPSG:4326): {reason}") \
+            from None
+    if not all(math.isfinite(v) for v in (*lonlat, pixel_size_m)):
         raise RasterError(path, "its extent cannot be transformed to EPSG:4326")
-    pixel_size_m = _pixel_size_m(ds, crs)
-    src = SourceRaster(path, index, crs, bands, palette, None, collar_rule, pixel_size_m, lonlat, ds)
-    if np.dtype(ds.dtypes[bands[0] - 1]) != np.uint8 and palette is None:
-        src.stretch = _percentile_stretch(src)
-    return src
+    return SourceRaster(path, index, crs, bands, palette, collar_rule, pixel_size_m, lonlat, ds)
 
 
 def _pixel_size_m(ds, crs: CRS) -> float:
@@ -210,34 +244,113 @@ def _pixel_size_m(ds, crs: CRS) -> float:
     return float(max(dx, dy))
 
 
-def _percentile_stretch(src: SourceRaster) -> tuple[float, float]:
+def _band_sample(src: SourceRaster, size: int) -> list[np.ndarray]:
+    """Valid values of each band from a decimated read (at most ``size`` pixels on the long side)."""
     ds = src._ds
-    scale = min(1.0, STATS_SIZE / max(ds.width, ds.height))
+    assert ds is not None
+    scale = min(1.0, size / max(ds.width, ds.height))
     shape = (max(1, round(ds.height * scale)), max(1, round(ds.width * scale)))
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             data = ds.read(src.bands, out_shape=(len(src.bands), *shape), resampling=Resampling.nearest)
             mask = ds.read_masks(src.bands[0], out_shape=shape, resampling=Resampling.nearest) > 0
-    except rasterio.errors.RasterioIOError as e:
+    except READ_ERRORS as e:
         raise RasterError(src.path, f"cannot be read; the file may be truncated or corrupt ({_short(e)})") from None
-    values = data[:, mask].astype(np.float64).ravel()
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return (0.0, 1.0)
-    lo, hi = np.percentile(values, [2.0, 98.0])
-    if hi <= lo:
-        hi = lo + 1.0
-    return (float(lo), float(hi))
+    out = []
+    for band in data:
+        v = band[mask].astype(np.float64)
+        out.append(v[np.isfinite(v)])
+    return out
+
+
+def run_stretch(sources: Sequence[SourceRaster], on_error=None) -> list[tuple[float, float]] | None:
+    """One linear stretch per band (2nd..98th percentile) over the valid pixels of every raster of the run
+    that is not 8-bit, so adjacent tiles agree; None when every raster is 8-bit. A raster that cannot be
+    sampled is passed to ``on_error`` (or raised)."""
+    wide = [s for s in sources if not s.is_8bit]
+    if not wide:
+        return None
+    size = max(64, int(STATS_SIZE / math.sqrt(len(wide))))
+    pooled: list[list[np.ndarray]] = [[] for _ in range(max(len(s.bands) for s in wide))]
+    for s in wide:
+        try:
+            sample = _band_sample(s, size)
+        except RasterError as e:
+            if on_error is None:
+                raise
+            on_error(e)
+            continue
+        for b, values in enumerate(sample):
+            pooled[b].append(values)
+    stretch = []
+    for parts in pooled:
+        values = np.concatenate(parts) if parts else np.empty(0)
+        if values.size == 0:
+            stretch.append((0.0, 1.0))
+            continue
+        lo, hi = (float(v) for v in np.percentile(values, [2.0, 98.0]))
+        stretch.append((lo, hi if hi > lo else lo + 1.0))
+    return stretch
 
 
 def _short(e: Exception) -> str:
     return str(e).split("\n")[0][:300]
 
 
-class ChipPlanner:
-    """The deterministic list of candidate chips of a run (geometry only; no pixels read)."""
+def open_view(src: SourceRaster, ds, grid: GridSpec):
+    """``ds`` itself when the raster is in the grid CRS, else a ``WarpedVRT`` of it in the grid CRS (bilinear;
+    a warped alpha marks validity unless the raster declares nodata).
 
-    def __init__(self, sources: list[SourceRaster], params: ChipParams) -> None:
+    The VRT's pixels lie on a lattice anchored at the grid origin, their size GDAL's suggested
+    resolution rounded to 4 significant digits, so the warped tiles of one mosaic share one pixel
+    lattice and every point of a seam belongs to exactly one of them (no gap, no double cover).
+    """
+    if src.crs == grid.crs:
+        return ds
+    from rasterio.transform import Affine
+    from rasterio.warp import calculate_default_transform, transform_bounds
+
+    dst = grid.crs.to_wkt()
+    default, _, _ = calculate_default_transform(ds.crs, dst, ds.width, ds.height, *ds.bounds)
+    res = float(f"{max(default.a, -default.e):.4g}")
+    left, bottom, right, top = transform_bounds(ds.crs, dst, *ds.bounds, densify_pts=21)
+    ox, oy = grid.origin
+    x0, y0 = ox + math.floor((left - ox) / res) * res, oy + math.ceil((top - oy) / res) * res
+    width, height = math.ceil((right - x0) / res), math.ceil((y0 - bottom) / res)
+    has_alpha = ColorInterp.alpha in ds.colorinterp
+    return WarpedVRT(ds, crs=dst, transform=Affine(res, 0.0, x0, 0.0, -res, y0), width=width, height=height,
+                     resampling=Resampling.bilinear, add_alpha=ds.nodata is None and not has_alpha)
+
+
+def _layout(src: SourceRaster, grid: GridSpec) -> Layout:
+    """The raster's bounds on the grid and its coarse valid mask there (see :mod:`tiling.footprint`)."""
+    ds = src._ds
+    assert ds is not None
+    view = open_view(src, ds, grid)
+    left, bottom, right, top = view.bounds
+    bounds = (float(left), float(bottom), float(right), float(top))
+    h, w = mask_shape(bounds, min(grid.stride, grid.chip_size) / 2)
+    try:
+        if h * w <= view.width * view.height:
+            mask = view.read_masks(src.bands[0], out_shape=(h, w), resampling=Resampling.average) > 0
+            if src.collar_rule:
+                data = view.read(src.bands, out_shape=(len(src.bands), h, w), resampling=Resampling.average)
+                mask &= data.any(axis=0)
+        else:  # a raster smaller than the mask: every pixel may hold data
+            mask = np.ones((h, w), bool)
+    except READ_ERRORS:  # a damaged file: every cell is a candidate, its chip reads report the damage
+        mask = np.ones((h, w), bool)
+    finally:
+        if view is not ds:
+            view.close()
+    return Layout(src.index, bounds, dilate(mask), ((bounds[2] - bounds[0]) / w, (bounds[3] - bounds[1]) / h))
+
+
+class ChipPlanner:
+    """The deterministic plan of a run: the grid, each raster's footprint on it, the candidate cells
+    row by row, and the run's contrast stretch (geometry and statistics only; no chip is read)."""
+
+    def __init__(self, sources: list[SourceRaster], params: ChipParams, progress=None) -> None:
         self.sources = sources
         self.params = params
         self.grid: GridSpec = choose_grid(
@@ -250,6 +363,10 @@ class ChipPlanner:
             if ground < s.pixel_size_m:
                 raise RasterError(s.path, f"chip size {ground:.3g} m is smaller than one pixel "
                                           f"({s.pixel_size_m:.3g} m); use a larger --chip-size-m")
+        self.layouts = [_layout(s, self.grid) for s in sources]
+        self.stretch = run_stretch(sources)
+        self._progress = progress
+        self._rows: RowIndex | None = None
 
     def ground_chip_size(self, lonlat_bounds: tuple[float, float, float, float]) -> float:
         """Ground metres of a chip's side over these bounds (XYZ tiles shrink with the cosine of latitude)."""
@@ -258,77 +375,50 @@ class ChipPlanner:
         lat = (lonlat_bounds[1] + lonlat_bounds[3]) / 2
         return self.grid.chip_size * math.cos(math.radians(lat))
 
-    def source_cells(self, src: SourceRaster) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, cols) of the grid cells over a raster's extent; raises RasterError past MAX_CANDIDATES."""
-        to_grid = Transformer.from_crs(src.crs, self.grid.crs, always_xy=True)
-        left, bottom, right, top = src._ds.bounds
-        bounds = to_grid.transform_bounds(left, bottom, right, top, densify_pts=21)
-        rows, cols = self.grid.cells_in_bounds(bounds)
-        if rows.size > MAX_CANDIDATES:
-            raise RasterError(src.path, f"its extent holds {rows.size:,} chip cells (limit {MAX_CANDIDATES:,}): "
-                                        "too large for this chip size; use a larger stride or clip the raster")
-        return rows, cols
-
-    def candidates(self, start_seq: int = 0, skip_sources: frozenset[int] = frozenset()) -> Iterator[Chip]:
-        """Every candidate chip in run order (sources in order, cells row-major), from ``start_seq``."""
-        seq = 0
-        for src in self.sources:
-            rows, cols = self.source_cells(src)
-            n = rows.size
-            if seq + n <= start_seq or src.index in skip_sources:
-                seq += n
-                continue
-            first = max(0, start_seq - seq)
-            rows, cols = rows[first:], cols[first:]
-            seq += first
-            yield from self._describe(src, rows, cols, seq)
-            seq += rows.size
+    @property
+    def row_index(self) -> RowIndex:
+        """The grid rows with their candidate counts (computed on first use, with progress)."""
+        if self._rows is None:
+            self._rows = RowIndex(self.grid, self.layouts, self._progress)
+        return self._rows
 
     def count(self) -> int:
-        """How many candidate chips the run has (all sources)."""
-        return sum(self.source_cells(s)[0].size for s in self.sources)
+        """How many candidate chips (grid cells near valid data, each once) the run has."""
+        return self.row_index.total
 
-    def _describe(self, src: SourceRaster, rows: np.ndarray, cols: np.ndarray, seq0: int) -> Iterator[Chip]:
-        grid = self.grid
-        step = 65536
-        to_wgs = Transformer.from_crs(grid.crs, _WGS84, always_xy=True)
-        to_src = Transformer.from_crs(grid.crs, src.crs, always_xy=True)
-        inv = ~src._ds.transform
-        for i0 in range(0, rows.size, step):
-            r, c = rows[i0:i0 + step], cols[i0:i0 + step]
-            fp = grid.footprint(r, c)
-            cx, cy = (fp[:, 0] + fp[:, 2]) / 2, (fp[:, 1] + fp[:, 3]) / 2
-            lon, lat = to_wgs.transform(cx, cy)
-            # source pixel window: the footprint's outline (5 points per edge) in source pixels
-            t = np.linspace(0.0, 1.0, 5)
-            ex = np.concatenate([fp[:, [0]] + (fp[:, [2]] - fp[:, [0]]) * t, fp[:, [2]].repeat(5, 1),
-                                 fp[:, [0]] + (fp[:, [2]] - fp[:, [0]]) * t, fp[:, [0]].repeat(5, 1)], axis=1)
-            ey = np.concatenate([fp[:, [3]].repeat(5, 1), fp[:, [3]] + (fp[:, [1]] - fp[:, [3]]) * t,
-                                 fp[:, [1]].repeat(5, 1), fp[:, [3]] + (fp[:, [1]] - fp[:, [3]]) * t], axis=1)
-            sx, sy = to_src.transform(ex, ey)
-            sx, sy = np.asarray(sx), np.asarray(sy)
-            pc, pr = inv.a * sx + inv.b * sy + inv.c, inv.d * sx + inv.e * sy + inv.f
-            win = np.stack([pc.min(1), pr.min(1), pc.max(1) - pc.min(1), pr.max(1) - pr.min(1)], axis=1)
-            cos = np.cos(np.radians(lat)) if grid.kind == "xyz" else np.ones_like(lat)
-            gsd = grid.chip_size * cos / self.out_w
-            for k in range(r.size):
-                rr, cc = int(r[k]), int(c[k])
-                chip_id = f"{grid.zoom}/{cc}/{rr}" if grid.kind == "xyz" else f"r{rr}c{cc}"
-                footprint = (float(fp[k, 0]), float(fp[k, 1]), float(fp[k, 2]), float(fp[k, 3]))
-                yield Chip(seq0 + i0 + k, chip_id, str(src.path), src.index, rr, cc,
-                           Window(*(round(float(v), 4) for v in win[k])), footprint,
-                           float(cx[k]), float(cy[k]), float(lon[k]), float(lat[k]), float(gsd[k]))
+    def rows(self, start_seq: int = 0, stop_seq: int | None = None):
+        """Row plans covering candidates ``start_seq .. stop_seq`` in run order (row-major)."""
+        return self.row_index.rows(start_seq, stop_seq)
+
+    def __getstate__(self) -> dict:  # worker processes get the plan, not the progress callback
+        state = dict(self.__dict__)
+        state["_progress"] = None
+        self.row_index  # noqa: B018 - computed once here, not again in every worker
+        state["_rows"] = self._rows
+        return state
+
+
+@dataclass
+class _Cell:
+    """A chip being composited: its pixels so far and which are valid."""
+
+    rgb: np.ndarray
+    valid: np.ndarray
+    source: int = -1  # first raster that gave valid pixels
 
 
 class ChipReader:
-    """Reads chip pixels as (H, W, 3) uint8 arrays; one instance per thread (datasets are not shared)."""
+    """Reads and composites the chips of grid rows; one instance per thread or process (datasets are not
+    shared). ``errors`` collects the first read error of each raster."""
 
     def __init__(self, planner: ChipPlanner) -> None:
         self.planner = planner
         self.resampling = Resampling[planner.params.resampling]
         self._stack = ExitStack()
         self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
-        self._views: dict[int, rasterio.io.DatasetReader] = {}
+        self._views: dict[int, object] = {}
+        self.errors: dict[int, RasterError] = {}
+        self._to_wgs = Transformer.from_crs(planner.grid.crs, _WGS84, always_xy=True)
 
     def close(self) -> None:
         """Close every dataset this reader opened, then leave its GDAL environment."""
@@ -341,84 +431,193 @@ class ChipReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _dataset(self, src: SourceRaster):
-        ds = self._views.get(src.index)
-        if ds is None:
-            ds = self._views[src.index] = self._stack.enter_context(rasterio.open(src.path))
-        return ds
+    def _view(self, k: int):
+        view = self._views.get(k)
+        if view is None:
+            src = self.planner.sources[k]
+            try:
+                ds = self._stack.enter_context(rasterio.open(src.path))
+                view = self._stack.enter_context(open_view(src, ds, self.planner.grid)) if src.crs != \
+                    self.planner.grid.crs else ds
+            except READ_ERRORS as e:
+                raise RasterError(src.path, f"cannot be opened again ({_short(e)})") from None
+            self._views[k] = view
+        return view
 
-    def read(self, chip: Chip) -> np.ndarray:
-        """The chip's pixels (H, W, 3) uint8 and sets ``chip.valid_fraction``; raises RasterError on I/O."""
-        src = self.planner.sources[chip.source_index]
-        ds = self._dataset(src)
+    def read_row(self, plan: RowPlan, start_seq: int = 0, stop_seq: int | None = None,
+                 ) -> tuple[list[tuple[Chip, np.ndarray]], int]:
+        """The valid chips (with pixels) of one row's candidates within ``start_seq .. stop_seq``, and how
+        many of those candidates were skipped (below ``min_valid``)."""
+        n = plan.cols.size
+        a = max(0, start_seq - plan.seq0)
+        b = n if stop_seq is None else min(n, stop_seq - plan.seq0)
+        if b <= a:
+            return [], 0
+        h, w = self.planner.out_h, self.planner.out_w
+        cells = {i: _Cell(np.zeros((h, w, 3), np.uint8), np.zeros((h, w), bool)) for i in range(a, b)}
+        for k, covers in plan.cover:
+            wanted = [i for i in range(a, b) if covers[i] and not cells[i].valid.all()]
+            if wanted:
+                self._composite(k, plan, wanted, cells)
+        return self._finish(plan, cells)
+
+    def _finish(self, plan: RowPlan, cells: dict[int, _Cell]) -> tuple[list[tuple[Chip, np.ndarray]], int]:
+        grid, params = self.planner.grid, self.planner.params
+        idx = np.array(sorted(cells), np.int64)
+        fp = grid.footprint(np.full(idx.size, plan.row), plan.cols[idx])
+        cx, cy = (fp[:, 0] + fp[:, 2]) / 2, (fp[:, 1] + fp[:, 3]) / 2
+        lon, lat = self._to_wgs.transform(cx, cy)
+        cos = np.cos(np.radians(lat)) if grid.kind == "xyz" else np.ones_like(cx)
+        out, skipped = [], 0
+        for m, i in enumerate(idx):
+            cell = cells[int(i)]
+            fraction = float(cell.valid.mean())
+            if fraction == 0.0 or fraction < params.min_valid:
+                skipped += 1
+                continue
+            col = int(plan.cols[i])
+            src = self.planner.sources[cell.source]
+            footprint = (float(fp[m, 0]), float(fp[m, 1]), float(fp[m, 2]), float(fp[m, 3]))
+            chip_id = f"{grid.zoom}/{col}/{plan.row}" if grid.kind == "xyz" else f"r{plan.row}c{col}"
+            chip = Chip(plan.seq0 + int(i), chip_id, str(src.path), src.index, plan.row, col,
+                        self._source_window(src, footprint), footprint, float(cx[m]), float(cy[m]),
+                        float(lon[m]), float(lat[m]), float(grid.chip_size * cos[m] / self.planner.out_w), fraction)
+            out.append((chip, cell.rgb))
+        return out, skipped
+
+    def _source_window(self, src: SourceRaster, fp: tuple[float, float, float, float]) -> Window:
+        """The footprint's bounding window in the source file's pixels (fractional)."""
+        ds = self._view(src.index)
+        if src.crs == self.planner.grid.crs:
+            win = windows.from_bounds(*fp, transform=ds.transform)
+            return Window(*(round(float(v), 4) for v in (win.col_off, win.row_off, win.width, win.height)))
+        t = np.linspace(0.0, 1.0, 5)
+        ex = np.concatenate([fp[0] + (fp[2] - fp[0]) * t, np.full(5, fp[2]), fp[0] + (fp[2] - fp[0]) * t,
+                             np.full(5, fp[0])])
+        ey = np.concatenate([np.full(5, fp[3]), fp[3] + (fp[1] - fp[3]) * t, np.full(5, fp[1]),
+                             fp[3] + (fp[1] - fp[3]) * t])
+        sx, sy = Transformer.from_crs(self.planner.grid.crs, src.crs, always_xy=True).transform(ex, ey)
+        inv = ~ds.src_transform
+        pc = inv.a * np.asarray(sx) + inv.b * np.asarray(sy) + inv.c
+        pr = inv.d * np.asarray(sx) + inv.e * np.asarray(sy) + inv.f
+        return Window(*(round(float(v), 4) for v in (pc.min(), pr.min(), pc.max() - pc.min(), pr.max() - pr.min())))
+
+    def _composite(self, k: int, plan: RowPlan, wanted: list[int], cells: dict[int, _Cell]) -> None:
+        """Add raster ``k``'s pixels to the wanted cells, a segment of the row at a time; a segment that fails
+        is retried chip by chip, and what still fails is left to the other rasters (and reported)."""
+        src = self.planner.sources[k]
         try:
-            if src.crs == self.planner.grid.crs:
-                data, valid = self._read_native(src, ds, chip)
-            else:
-                data, valid = self._read_warped(src, ds, chip)
-        except rasterio.errors.RasterioIOError as e:
-            raise RasterError(src.path, f"read failed; the file may be truncated or corrupt ({_short(e)})") from None
-        if src.collar_rule:
-            valid &= data.any(axis=0)
-        chip.valid_fraction = float(valid.mean())
-        return _to_rgb8(src, data, valid)
+            view = self._view(k)
+            for segment in _segments(self._geometry(view, plan, wanted)):
+                try:
+                    self._read_segment(src, view, segment, cells)
+                except READ_ERRORS as e:
+                    self._failed(src, e)
+                    for one in segment:
+                        try:
+                            self._read_segment(src, view, [one], cells)
+                        except READ_ERRORS:
+                            continue
+        except RasterError as e:
+            self.errors.setdefault(k, e)
 
-    def _read_native(self, src: SourceRaster, ds, chip: Chip) -> tuple[np.ndarray, np.ndarray]:
-        """Same CRS: read the enclosing whole-pixel window, resample the exact footprint with Pillow.
+    def _failed(self, src: SourceRaster, e: Exception) -> None:
+        if src.index in self.errors:
+            return
+        what = "be reprojected to the grid CRS" if isinstance(e, rasterio.errors.WarpOperationError) else "be read"
+        self.errors[src.index] = RasterError(
+            src.path, f"part of it cannot {what}; the file may be truncated or corrupt ({_short(e)}); "
+                      "the other rasters fill its chips")
 
-        GDAL's own resampled reads of fractional windows are an order of magnitude slower than plain
-        window reads, so GDAL only does whole-pixel reads (decimated by an integer factor, which
-        lets it use overviews, when the chip is at least 2x coarser than the raster); the
-        fractional part is Pillow's ``resize`` with a sub-pixel ``box``. Outside pixels stay invalid.
-        """
+    def _geometry(self, view, plan: RowPlan, wanted: list[int]) -> list[_Piece]:
+        """Where each wanted chip lies in the view's pixels (only the chip pixels whose centres are inside)."""
+        grid = self.planner.grid
+        t = view.transform
         h, w = self.planner.out_h, self.planner.out_w
-        exact = windows.from_bounds(*chip.footprint, transform=ds.transform)  # fractional source pixels
-        px_w, px_h = exact.width / w, exact.height / h  # source pixels per chip pixel
-        j0, j1 = _inside(exact.col_off, px_w, w, ds.width)
-        i0, i1 = _inside(exact.row_off, px_h, h, ds.height)
-        nb = len(src.bands)
-        data = np.zeros((nb, h, w), dtype=ds.dtypes[src.bands[0] - 1])
-        valid = np.zeros((h, w), bool)
-        if j1 <= j0 or i1 <= i0:
-            return data, valid
-        # the exact source region of the kept chip pixels, and the whole-pixel window enclosing it
-        x0, y0 = exact.col_off + j0 * px_w, exact.row_off + i0 * px_h
-        x1, y1 = exact.col_off + j1 * px_w, exact.row_off + i1 * px_h
-        c0, r0 = max(0, math.floor(x0 + 1e-6)), max(0, math.floor(y0 + 1e-6))
-        c1, r1 = min(ds.width, math.ceil(x1 - 1e-6)), min(ds.height, math.ceil(y1 - 1e-6))
-        win = Window(c0, r0, c1 - c0, r1 - r0)
-        fx, fy = max(1, int(px_w)), max(1, int(px_h))  # integer decimation lets GDAL use overviews
+        px_w, px_h = grid.chip_size / t.a / w, grid.chip_size / -t.e / h
+        row_off = (grid.origin[1] - plan.row * grid.stride - t.f) / t.e
+        i0, i1 = _inside(row_off, px_h, h, view.height)
+        pieces = []
+        for i in wanted:
+            col_off = (grid.origin[0] + float(plan.cols[i]) * grid.stride - t.c) / t.a
+            j0, j1 = _inside(col_off, px_w, w, view.width)
+            if j1 > j0 and i1 > i0:
+                pieces.append(_Piece(i, j0, j1, i0, i1, col_off + j0 * px_w, row_off + i0 * px_h,
+                                     col_off + j1 * px_w, row_off + i1 * px_h, px_w, px_h))
+        return pieces
+
+    def _read_segment(self, src: SourceRaster, view, segment: list[_Piece], cells: dict[int, _Cell]) -> None:
+        """One window read (decimated by an integer factor for coarse chips) for a run of chips of one row."""
+        first = segment[0]
+        # chips 4x coarser or more are read decimated by an integer factor of at most half the ratio (GDAL
+        # averages, using overviews); Pillow does the rest with its antialiasing filter
+        fx, fy = max(1, int(first.px_w / 2)), max(1, int(first.px_h / 2))
+        # the chips' region plus a margin for the resampling filter, so a chip's pixels do not depend on
+        # which segment it was read in (nor on tasks, workers or resume points)
+        mx, my = MARGIN * fx, MARGIN * fy
+        # (decimation blocks anchored at pixel 0 of the raster: the same blocks whatever the segment)
+        c0 = max(0, (math.floor(min(p.x0 for p in segment) + 1e-6) - mx) // fx * fx)
+        c1 = min(view.width, c0 + -(-(math.ceil(max(p.x1 for p in segment) - 1e-6) + mx - c0) // fx) * fx)
+        r0 = max(0, (math.floor(first.y0 + 1e-6) - my) // fy * fy)
+        r1 = min(view.height, r0 + -(-(math.ceil(first.y1 - 1e-6) + my - r0) // fy) * fy)
         rw, rh = -(-(c1 - c0) // fx), -(-(r1 - r0) // fy)
-        if (rw, rh) == (c1 - c0, r1 - r0):
-            raw = ds.read(src.bands, window=win)
-            mask = ds.read_masks(src.bands[0], window=win)
-        else:
-            raw = ds.read(src.bands, window=win, out_shape=(nb, rh, rw), resampling=Resampling.average)
-            mask = ds.read_masks(src.bands[0], window=win, out_shape=(rh, rw), resampling=Resampling.nearest)
-        sx, sy = rw / (c1 - c0), rh / (r1 - r0)
-        # (an edge chip pixel whose centre is inside may reach past the raster edge: clamp)
-        box = (max(0.0, (x0 - c0) * sx), max(0.0, (y0 - r0) * sy), min(rw, (x1 - c0) * sx), min(rh, (y1 - r0) * sy))
-        size = (j1 - j0, i1 - i0)
-        data[:, i0:i1, j0:j1] = _resample(raw, box, size, self.resampling)
-        valid[i0:i1, j0:j1] = _resample(mask[None], box, size, Resampling.nearest)[0] > 0
-        return data, valid
-
-    def _read_warped(self, src: SourceRaster, ds, chip: Chip) -> tuple[np.ndarray, np.ndarray]:
-        """Another CRS: GDAL warps only this chip's output pixels; validity comes from a warped alpha."""
-        h, w = self.planner.out_h, self.planner.out_w
-        bands = list(src.bands)
-        alpha = [i + 1 for i, c in enumerate(ds.colorinterp) if c == ColorInterp.alpha]
-        src_alpha = 0
-        if alpha:
-            bands.append(alpha[0])
-            src_alpha = len(bands)
+        win = Window(c0, r0, c1 - c0, r1 - r0)
         nb = len(src.bands)
-        dst = np.zeros((nb + 1, h, w), dtype=ds.dtypes[src.bands[0] - 1])
-        reproject(rasterio.band(ds, bands), dst, src_alpha=src_alpha, dst_alpha=nb + 1,
-                  dst_transform=from_bounds(*chip.footprint, w, h), dst_crs=self.planner.grid.crs.to_wkt(),
-                  resampling=self.resampling)
-        full = np.iinfo(dst.dtype).max if dst.dtype.kind in "ui" else 1.0
-        return dst[:nb], dst[nb] >= full / 2
+        if (rw, rh) == (c1 - c0, r1 - r0):
+            raw = view.read(src.bands, window=win)
+            mask = view.read_masks(src.bands[0], window=win)
+        else:
+            raw = view.read(src.bands, window=win, out_shape=(nb, rh, rw), resampling=Resampling.average)
+            mask = view.read_masks(src.bands[0], window=win, out_shape=(rh, rw), resampling=Resampling.nearest)
+        sx, sy = rw / (c1 - c0), rh / (r1 - r0)
+        for p in segment:
+            bx0, bx1 = (p.x0 - c0) * sx, (p.x1 - c0) * sx
+            a, b = max(0, math.floor(bx0) - 3), min(rw, math.ceil(bx1) + 3)  # the chip's part (+ filter support)
+            box = (max(0.0, bx0 - a), max(0.0, (p.y0 - r0) * sy), min(b - a, bx1 - a), min(rh, (p.y1 - r0) * sy))
+            # (an edge chip pixel whose centre is inside may reach past the raster edge: clamped)
+            size = (p.j1 - p.j0, p.i1 - p.i0)
+            data = _resample(raw[:, :, a:b], box, size, self.resampling)
+            valid = _resample(mask[None, :, a:b], box, size, Resampling.nearest)[0] > 0
+            if src.collar_rule:
+                valid &= data.any(axis=0)
+            rgb = _to_rgb8(src, data, self.planner.stretch)
+            cell = cells[p.cell]
+            region = cell.valid[p.i0:p.i1, p.j0:p.j1]
+            fill = valid & ~region
+            if fill.any():
+                cell.rgb[p.i0:p.i1, p.j0:p.j1][fill] = rgb[fill]
+                region |= fill
+                if cell.source < 0:
+                    cell.source = src.index
+
+
+@dataclass
+class _Piece:
+    """The part of one chip a raster can give: chip pixels [i0, i1) x [j0, j1), their source region."""
+
+    cell: int
+    j0: int
+    j1: int
+    i0: int
+    i1: int
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    px_w: float
+    px_h: float
+
+
+def _segments(pieces: list[_Piece]) -> Iterator[list[_Piece]]:
+    """Runs of neighbouring chips of a row whose source regions fit in one window of SEGMENT_PX."""
+    run: list[_Piece] = []
+    for p in pieces:
+        if run and (p.x1 - run[0].x0 > SEGMENT_PX or p.x0 > run[-1].x1 + SEGMENT_PX / 8):
+            yield run
+            run = []
+        run.append(p)
+    if run:
+        yield run
 
 
 _PIL_FILTERS = {Resampling.nearest: 0, Resampling.bilinear: 2, Resampling.cubic: 3, Resampling.lanczos: 1}
@@ -451,21 +650,21 @@ def _inside(off: float, step: float, n: int, size: int) -> tuple[int, int]:
     return max(0, a), min(n, b)
 
 
-def _to_rgb8(src: SourceRaster, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _to_rgb8(src: SourceRaster, data: np.ndarray, stretch: list[tuple[float, float]] | None) -> np.ndarray:
+    """(bands, h, w) source values -> (h, w, 3) uint8: palette, the run's stretch, grey repeated."""
     if src.palette is not None:
-        rgb = src.palette[np.clip(data[0], 0, len(src.palette) - 1).astype(np.intp)]
+        return src.palette[np.clip(data[0], 0, len(src.palette) - 1).astype(np.intp)]
+    if not src.is_8bit and stretch is not None:
+        out = np.empty(data.shape, np.uint8)
+        for b, band in enumerate(data):
+            lo, hi = stretch[min(b, len(stretch) - 1)]
+            scaled = np.clip((band.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255)
+            out[b] = np.nan_to_num(scaled, nan=0.0).astype(np.uint8)
+        data = out
     else:
-        if src.stretch is not None:
-            lo, hi = src.stretch
-            data = np.clip((data.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255)
-            data = np.nan_to_num(data, nan=0.0).astype(np.uint8)
-        else:
-            data = data.astype(np.uint8, copy=False)
-        rgb = np.repeat(data, 3, axis=0) if data.shape[0] == 1 else data
-        rgb = np.moveaxis(rgb, 0, -1)
-    rgb = np.ascontiguousarray(rgb)
-    rgb[~valid] = 0
-    return rgb
+        data = data.astype(np.uint8, copy=False)
+    rgb = np.repeat(data, 3, axis=0) if data.shape[0] == 1 else data
+    return np.ascontiguousarray(np.moveaxis(rgb, 0, -1))
 
 
 def open_sources(paths: Sequence[str | os.PathLike], on_error=None) -> list[SourceRaster]:
@@ -483,36 +682,92 @@ def open_sources(paths: Sequence[str | os.PathLike], on_error=None) -> list[Sour
     return sources
 
 
-def iter_chips(planner: ChipPlanner, reader: ChipReader, start_seq: int = 0,
-               taken: set[tuple[int, int]] | None = None, skip_sources: frozenset[int] = frozenset(),
-               on_skip=None, on_source_error=None) -> Iterator[tuple[Chip, np.ndarray]]:
-    """Valid chips with their pixels, in run order, applying the validity and overlap rules.
+_WORKER: ChipReader | None = None
 
-    ``taken`` (cells already holding a chip) is updated in place. A read error in one raster is
-    passed to ``on_source_error(RasterError, source_index)`` and that raster's remaining chips are
-    dropped (or it is raised when no handler is given); ``on_skip(chip)`` sees skipped candidates.
+
+def _worker_init(planner: ChipPlanner) -> None:
+    global _WORKER
+    _WORKER = ChipReader(planner)
+
+
+def _worker_task(start: int, stop: int) -> tuple[list[tuple[Chip, np.ndarray]], int, dict[int, RasterError]]:
+    assert _WORKER is not None
+    chips: list[tuple[Chip, np.ndarray]] = []
+    skipped = 0
+    for plan in _WORKER.planner.rows(start, stop):
+        got, n = _WORKER.read_row(plan, start, stop)
+        chips += got
+        skipped += n
+    errors, _WORKER.errors = _WORKER.errors, {}
+    return chips, skipped, errors
+
+
+def default_workers() -> int:
+    """Worker processes for reading: every core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def iter_chips(planner: ChipPlanner, reader: ChipReader | None = None, start_seq: int = 0,
+               stop_seq: int | None = None, on_skip=None, on_source_error=None,
+               workers: int = 1) -> Iterator[tuple[Chip, np.ndarray]]:
+    """Valid chips with their pixels, in run order, from candidate ``start_seq`` up to ``stop_seq``.
+
+    ``on_skip(n)`` hears of skipped candidates; a raster's first read error goes to
+    ``on_source_error(RasterError, source_index)`` (raised when no handler is given) and the other
+    rasters fill its chips. ``workers`` > 1 reads in that many processes (bounded batches in flight);
+    small runs are read here whatever ``workers`` says.
     """
-    taken = set() if taken is None else taken
-    failed: set[int] = set(skip_sources)
-    for chip in planner.candidates(start_seq, frozenset(skip_sources)):
-        k = chip.source_index
-        if k in failed:
-            continue
-        if (chip.row, chip.col) in taken:
-            if on_skip:
-                on_skip(chip)
-            continue
-        try:
-            rgb = reader.read(chip)
-        except RasterError as e:
+    stop = planner.count() if stop_seq is None else min(stop_seq, planner.count())
+    reported: set[int] = set()
+
+    def handle(skipped: int, errors: dict[int, RasterError]) -> None:
+        if skipped and on_skip:
+            on_skip(skipped)
+        for k, e in sorted(errors.items()):
+            if k in reported:
+                continue
+            reported.add(k)
             if on_source_error is None:
-                raise
-            failed.add(k)
+                raise e
             on_source_error(e, k)
-            continue
-        if chip.valid_fraction < planner.params.min_valid or chip.valid_fraction == 0.0:
-            if on_skip:
-                on_skip(chip)
-            continue
-        taken.add((chip.row, chip.col))
-        yield chip, rgb
+
+    if workers > 1 and stop - start_seq >= PARALLEL_MIN:
+        yield from _iter_parallel(planner, start_seq, stop, workers, handle)
+        return
+    own = reader is None
+    reader = reader if reader is not None else ChipReader(planner)
+    try:
+        for plan in planner.rows(start_seq, stop):
+            chips, skipped = reader.read_row(plan, start_seq, stop)
+            errors, reader.errors = reader.errors, {}
+            handle(skipped, errors)
+            yield from chips
+    finally:
+        if own:
+            reader.close()
+
+
+def _iter_parallel(planner: ChipPlanner, start: int, stop: int, workers: int,
+                   handle) -> Iterator[tuple[Chip, np.ndarray]]:
+    """Tasks of TASK_CELLS candidates over a process pool, at most ``workers + 2`` in flight, in order."""
+    import multiprocessing as mp
+    from collections import deque
+
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(["tiling.chips"])
+    bounds = iter(range(start, stop, TASK_CELLS))
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(planner,)) as pool:
+        pending: deque = deque()
+        for a in bounds:
+            pending.append(pool.apply_async(_worker_task, (a, min(stop, a + TASK_CELLS))))
+            if len(pending) >= workers + 2:
+                break
+        while pending:
+            chips, skipped, errors = pending.popleft().get()
+            more = next(bounds, None)
+            if more is not None:
+                pending.append(pool.apply_async(_worker_task, (more, min(stop, more + TASK_CELLS))))
+            handle(skipped, errors)
+            yield from chips

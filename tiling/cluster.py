@@ -14,7 +14,7 @@ Ray Data pipeline:
    GPU each when the cluster has GPUs, else one CPU each) write each batch's descriptors as a part file;
 4. the driver commits each range whose parts add up to its summary (one ``ray/range-*.npz`` shard,
    written under a temporary name, then renamed), then lays the ranges out, in plan order and with the
-   overlap rule applied (one chip per grid cell: the first valid one), as the build's usual shards.
+   the build's usual shards (each grid cell is one candidate, composited from every raster covering it).
 
 Every file is written in the index's ``.partial`` folder, which must be on storage all nodes see (a
 shared file system), as must the rasters and the checkpoint. Ray itself is an optional extra:
@@ -41,21 +41,6 @@ from tiling.manifest import chip_records
 RAY_DIR = "ray"
 
 
-class RangePlanner(ChipPlanner):
-    """A planner whose candidates stop before position ``stop`` (it shares the planned grid and sources)."""
-
-    def __init__(self, planner: ChipPlanner, stop: int) -> None:  # no planning again: copy the planned state
-        self.__dict__.update(planner.__dict__)
-        self.stop = stop
-
-    def candidates(self, start_seq: int = 0, skip_sources: frozenset[int] = frozenset()) -> Iterator[Chip]:
-        """The parent's candidates from ``start_seq`` up to ``stop`` (excluded)."""
-        for chip in super().candidates(start_seq, skip_sources):
-            if chip.seq >= self.stop:
-                return
-            yield chip
-
-
 def _range_name(start: int) -> str:
     return f"range-{start:012d}"
 
@@ -76,9 +61,9 @@ def read_range(batch: dict, paths: list[str], params: ChipParams, ray_dir: str, 
     start, stop = int(batch["start"][0]), int(batch["stop"][0])
     skipped, chips, errors = 0, 0, {}
 
-    def on_skip(_chip) -> None:
+    def on_skip(n: int) -> None:
         nonlocal skipped
-        skipped += 1
+        skipped += n
 
     def on_error(e: RasterError, k: int) -> None:
         errors[str(k)] = str(e)
@@ -89,7 +74,7 @@ def read_range(batch: dict, paths: list[str], params: ChipParams, ray_dir: str, 
             raise SaigError(f"a worker could not open every raster ({', '.join(failed)}): the rasters must be on "
                             "storage every node sees")
         pending: list[tuple[Chip, np.ndarray]] = []
-        for chip, rgb in iter_chips(RangePlanner(planner, stop), reader, start, set(), frozenset(), on_skip, on_error):
+        for chip, rgb in iter_chips(planner, reader, start, stop, on_skip, on_error):
             pending.append((chip, rgb))
             if len(pending) == batch_size:
                 chips += len(pending)
@@ -243,12 +228,11 @@ def _commit_range(ray_dir: Path, start: int, dim: int) -> None:
 
 def _lay_out_shards(planner: ChipPlanner, ranges: list[tuple[int, int]], ray_dir: Path, shard_dir: Path,
                     reporter: Reporter, failed: list[str]) -> None:
-    """The committed ranges as the build's shards, in plan order, keeping the first valid chip of each cell."""
+    """The committed ranges as the build's shards, in plan order (each grid cell is one candidate)."""
     from tiling.index import _write_shard
 
     for old in shard_dir.glob("shard-*.npz"):  # a single-process partial build of the same run: replaced
         old.unlink()
-    taken: set[tuple[int, int]] = set()
     failed_sources: dict[int, str] = {}
     loaded = []
     for start, _ in ranges:
@@ -263,10 +247,4 @@ def _lay_out_shards(planner: ChipPlanner, ranges: list[tuple[int, int]], ray_dir
     for number, (start, summary) in enumerate(loaded):
         with np.load(ray_dir / f"{_range_name(start)}.npz", allow_pickle=False) as z:
             desc, records = z["descriptors"], json.loads(str(z["records"]))
-        sources = {str(planner.sources[k].path) for k in failed_sources}
-        keep = [i for i, r in enumerate(records)
-                if r["source"] in sources or (r["row"], r["col"]) not in taken]
-        taken |= {(records[i]["row"], records[i]["col"]) for i in keep if records[i]["source"] not in sources}
-        skipped = summary["skipped"] + len(records) - len(keep)
-        _write_shard(shard_dir, number, desc[keep], [records[i] for i in keep],
-                     summary["stop"], skipped, set(failed_sources))
+        _write_shard(shard_dir, number, desc, records, summary["stop"], summary["skipped"], set(failed_sources))

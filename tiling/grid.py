@@ -10,7 +10,8 @@ Grid CRS (``GridSpec.kind``):
 
 * ``auto``: the rasters' own CRS when they all share one projected CRS in metres that is not a
   Mercator (Mercator "metres" are ground metres x 1/cos(latitude)); otherwise the UTM zone (WGS 84)
-  of the centre of all rasters' extents.
+  of the centre of all rasters' extents, longitudes unwrapped across the antimeridian (a raster of
+  Fiji in EPSG:3832 gets zone 60S or 1S, never 31S); extents wider than 12 degrees are refused.
 * ``crs``: a CRS the user names (must be projected in metres).
 * ``xyz``: web-mercator (EPSG:3857) XYZ tiles of one zoom level (mercantile). A tile's ground size is
   its EPSG:3857 size x cos(latitude of its centre); the zoom is chosen so that this ground size is
@@ -109,9 +110,8 @@ def choose_grid(
     """The grid for a run over rasters with these CRSs and EPSG:4326 bounds (see module docstring)."""
     if not crses:
         raise GridError("no raster to put on a grid")
-    west = min(b[0] for b in lonlat_bounds)
+    west, east = longitude_span(lonlat_bounds)
     south = min(b[1] for b in lonlat_bounds)
-    east = max(b[2] for b in lonlat_bounds)
     north = max(b[3] for b in lonlat_bounds)
     lon_c, lat_c = (west + east) / 2, (south + north) / 2
     if kind == "xyz":
@@ -138,4 +138,23 @@ def choose_grid(
             f"the rasters span {east - west:.1f} degrees of longitude ({west:.2f}..{east:.2f}): too wide for one "
             "UTM zone; index regions separately or pass --grid-crs"
         )
-    return GridSpec(utm_crs(lon_c, lat_c), chip_size_m, stride_m, "utm")
+    return GridSpec(utm_crs((lon_c + 180.0) % 360.0 - 180.0, lat_c), chip_size_m, stride_m, "utm")
+
+
+def longitude_span(lonlat_bounds: list[tuple[float, float, float, float]]) -> tuple[float, float]:
+    """West and east longitudes of all extents together, unwrapped across the antimeridian.
+
+    An extent whose west is east of its east (as ``transform_bounds`` gives for a raster crossing
+    180 degrees) spans ``east + 360``; each extent is shifted by whole turns to lie nearest the first,
+    so rasters on both sides of the antimeridian (Fiji, Chukotka) get a span of a few degrees, not
+    ~360, and their centre falls on the right side of the Earth. ``east`` may exceed 180.
+    """
+    spans = []
+    for w, _, e, _ in lonlat_bounds:
+        spans.append((w, e + 360.0 if e < w else e))
+    ref = (spans[0][0] + spans[0][1]) / 2
+    shifted = []
+    for w, e in spans:
+        turn = round(((w + e) / 2 - ref) / 360.0) * 360.0
+        shifted.append((w - turn, e - turn))
+    return min(w for w, _ in shifted), max(e for _, e in shifted)

@@ -49,7 +49,7 @@ from saig_core.errors import SaigError
 from saig_core.runtime.progress import Reporter
 from saig_core.version import __version__
 from tiling import reference, search
-from tiling.chips import ChipParams, ChipPlanner, ChipReader, NoChipError, RasterError, iter_chips
+from tiling.chips import ChipParams, ChipPlanner, NoChipError, RasterError, iter_chips
 from tiling.manifest import chip_records
 from tiling.plan import planned_run, report_raster_error
 
@@ -81,6 +81,7 @@ class BuildOptions:
     ray: str | None = None  # encode on a Ray cluster: its address, or "local" (tiling.cluster)
     overwrite: bool = False
     shard_chips: int = 1024  # chips per committed shard: the granularity of resume
+    read_workers: int = 1  # processes reading chips while this one encodes (tiling.chips.iter_chips)
 
 
 @dataclass
@@ -142,7 +143,6 @@ class _Progress:
     next_seq: int = 0
     count: int = 0
     skipped: int = 0
-    taken: set = field(default_factory=set)
     failed_sources: set = field(default_factory=set)
 
 
@@ -155,7 +155,6 @@ def _load_progress(shard_dir: Path) -> _Progress:
             prog.skipped += int(z["skipped"])
             prog.failed_sources |= set(int(v) for v in z["failed_sources"])
         prog.count += len(records)
-        prog.taken |= {(r["row"], r["col"]) for r in records}
         prog.shards.append(path)
     return prog
 
@@ -174,14 +173,14 @@ def _write_shard(shard_dir: Path, number: int, desc: np.ndarray, records: list[d
     return path
 
 
-def _reader_thread(planner: ChipPlanner, start_seq: int, taken: set, failed: set, batch_size: int,
+def _reader_thread(planner: ChipPlanner, start_seq: int, batch_size: int, workers: int,
                    out: queue.Queue, stop: threading.Event) -> None:
-    """Produce ("batch", chips, uint8 (B,H,W,3), next_seq, skipped), ("source_error", e, k), ("end", seq)."""
+    """Produce ("batch", chips, uint8 (B,H,W,3), next_seq, skipped), ("source_error", e, k), ("end", skipped)."""
     skipped = 0
 
-    def on_skip(_chip) -> None:
+    def on_skip(n: int) -> None:
         nonlocal skipped
-        skipped += 1
+        skipped += n
 
     def on_source_error(e: RasterError, k: int) -> None:
         out.put(("source_error", e, k))
@@ -196,19 +195,18 @@ def _reader_thread(planner: ChipPlanner, start_seq: int, taken: set, failed: set
         return False
 
     try:
-        with ChipReader(planner) as reader:
-            chips, arrays = [], []
-            for chip, rgb in iter_chips(planner, reader, start_seq, taken, frozenset(failed), on_skip, on_source_error):
-                chips.append(chip)
-                arrays.append(rgb)
-                if len(chips) == batch_size:
-                    if not put(("batch", chips, np.stack(arrays), chips[-1].seq + 1, skipped)):
-                        return
-                    chips, arrays, skipped = [], [], 0
-            if chips:
-                put(("batch", chips, np.stack(arrays), chips[-1].seq + 1, skipped))
-                skipped = 0
-            put(("end", skipped))
+        chips, arrays = [], []
+        for chip, rgb in iter_chips(planner, None, start_seq, None, on_skip, on_source_error, workers=workers):
+            chips.append(chip)
+            arrays.append(rgb)
+            if len(chips) == batch_size:
+                if not put(("batch", chips, np.stack(arrays), chips[-1].seq + 1, skipped)):
+                    return
+                chips, arrays, skipped = [], [], 0
+        if chips:
+            put(("batch", chips, np.stack(arrays), chips[-1].seq + 1, skipped))
+            skipped = 0
+        put(("end", skipped))
     except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises
         put(("exception", e))
 
@@ -355,8 +353,7 @@ def _encode(planner, encoder, prog: _Progress, shard_dir: Path, opts: BuildOptio
     q: queue.Queue = queue.Queue(maxsize=PREFETCH)
     stop = threading.Event()
     thread = threading.Thread(target=_reader_thread, daemon=True,
-                              args=(planner, prog.next_seq, set(prog.taken), set(prog.failed_sources),
-                                    opts.batch_size, q, stop))
+                              args=(planner, prog.next_seq, opts.batch_size, opts.read_workers, q, stop))
     pending_desc: list[np.ndarray] = []
     pending_rec: list[dict] = []
     pending_skipped = 0
@@ -404,47 +401,54 @@ def _encode(planner, encoder, prog: _Progress, shard_dir: Path, opts: BuildOptio
         thread.join(timeout=10)
 
 
-def _iter_shards(shard_dir: Path, drop_sources: set[str]):
-    """(descriptors, records) per shard, with the chips of failed sources removed."""
+def _iter_shards(shard_dir: Path):
+    """(descriptors, records) per shard, in run order (one shard in memory at a time)."""
     for path in sorted(shard_dir.glob("shard-*.npz")):
         with np.load(path, allow_pickle=False) as z:
             desc = z["descriptors"]
             records = json.loads(str(z["records"]))
-        keep = np.array([r["source"] not in drop_sources for r in records], bool)
-        yield desc[keep], [r for r, k in zip(records, keep, strict=True) if k]
+        yield desc, records
+
+
+def _shard_summary(shard_dir: Path, sources: list[str]) -> tuple[int, dict[str, int]]:
+    """Chip count and chips per source of the shards, checking that cells come once each in run order."""
+    count, per_source, last = 0, dict.fromkeys(sources, 0), (-(2 ** 62), -(2 ** 62))
+    for _, records in _iter_shards(shard_dir):
+        for r in records:
+            cell = (r["row"], r["col"])
+            if cell <= last:
+                raise IndexFolderError(f"{shard_dir}: chip {r['chip_id']} out of run order in the shards (a bug; "
+                                       f"delete {shard_dir.parent} and rebuild)", shard_dir)
+            last = cell
+            per_source[r["source"]] = per_source.get(r["source"], 0) + 1
+        count += len(records)
+    return count, per_source
 
 
 def _finalise(work: Path, planner: ChipPlanner, params: ChipParams, model, fingerprint: str,
               opts: BuildOptions, reporter: Reporter, polar: bool, key: str, encoder_record: dict) -> None:
+    """FAISS index, manifest and metadata from the committed shards, streamed shard by shard."""
     shard_dir = work / "shards"
     prog = _load_progress(shard_dir)
     failed_sources = sorted(str(planner.sources[k].path) for k in prog.failed_sources)
-    drop = set(failed_sources)
-    records: list[dict] = []
-    for _, rec in _iter_shards(shard_dir, drop):
-        records.extend(rec)
-    if not records:
+    count, per_source = _shard_summary(shard_dir, [str(s.path) for s in planner.sources])
+    if not count:
         shutil.rmtree(work)
         raise NoChipError(f"no valid chip in {', '.join(str(s.path) for s in planner.sources)}: every candidate "
                           f"chip has less than {params.min_valid:.0%} valid pixels (or the reads failed)")
-    ids = [r["chip_id"] for r in records]
-    if len(set(ids)) != len(ids):
-        raise IndexFolderError(f"{work}: duplicated chip ids in the shards (a bug; delete {work} and rebuild)", work)
-    kind = search.choose_kind(opts.index_type, len(records))
-    storage = search.choose_storage(opts.storage, kind, len(records))
-    reporter.log(f"building a {kind} FAISS index of {len(records)} chips ({storage} storage)")
-    faiss_meta = search.write_index_files(work, kind, model.descriptor_dim, len(records),
-                                          lambda: (d for d, _ in _iter_shards(shard_dir, drop)), storage, INDEX_FILE)
+    kind = search.choose_kind(opts.index_type, count)
+    storage = search.choose_storage(opts.storage, kind, count)
+    reporter.log(f"building a {kind} FAISS index of {count} chips ({storage} storage)")
+    faiss_meta = search.write_index_files(work, kind, model.descriptor_dim, count,
+                                          lambda: (d for d, _ in _iter_shards(shard_dir)), storage, INDEX_FILE)
+    records = (r for _, recs in _iter_shards(shard_dir) for r in recs)
     files = faiss_meta.pop("files") + reference.write_manifest(records, planner.grid.crs_string, work,
                                                                "parquet" if storage == "disk" else "gpkg")
-    per_source = {str(s.path): 0 for s in planner.sources}
-    for r in records:
-        per_source[r["source"]] += 1
     grid = planner.grid
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "software_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "count": len(records), "skipped_chips": prog.skipped, "descriptor_dim": model.descriptor_dim,
+        "count": count, "skipped_chips": prog.skipped, "descriptor_dim": model.descriptor_dim,
         "crs": grid.crs_string,
         "grid": {"kind": grid.kind, "crs": grid.crs_string, "chip_size": grid.chip_size, "stride": grid.stride,
                  "origin": list(grid.origin), "zoom": grid.zoom},
@@ -453,7 +457,7 @@ def _finalise(work: Path, planner: ChipPlanner, params: ChipParams, model, finge
                   "checkpoint": str(Path(opts.checkpoint).resolve())},
         "encoder": encoder_record,
         "faiss": faiss_meta,
-        "sources": [{"path": p, "chips": n} for p, n in per_source.items() if p not in drop],
+        "sources": [{"path": p, "chips": n} for p, n in per_source.items()],
         "failed_sources": failed_sources,
         "files": {name: sha256_file(work / name) for name in files},
         "file_sizes": {name: (work / name).stat().st_size for name in files},

@@ -87,7 +87,7 @@ def write_manifest(records: Iterable[dict], crs: str, folder: str | os.PathLike,
 
     folder = Path(folder)
     if fmt == "gpkg":
-        write_gpkg(list(records), crs, folder / MANIFEST_GPKG)
+        write_gpkg(records, crs, folder / MANIFEST_GPKG)
         return [MANIFEST_GPKG]
     if fmt != "parquet":
         raise ValueError(f"unknown manifest format {fmt!r}; choose gpkg or parquet")

@@ -11,6 +11,9 @@ from saig_core.runtime.choices import DEVICES, PRECISIONS
 from tiling.photos import photo_suffixes
 from tiling.search import INDEX_KINDS
 
+#: Files a folder given to ``saig tile`` / ``saig index build`` is searched for (recursively); a ``.vrt``
+#: mosaic is read as one raster by GDAL. Files given by name or glob may have any suffix GDAL reads.
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".ecw", ".sid")
 #: ``saig locate`` output: layer ``candidates`` (points in EPSG:4326), column -> type.
 CANDIDATE_COLUMNS: dict[str, str] = {
     "photo": "str", "rank": "int", "score": "float", "chip_id": "str", "faiss_id": "int", "lon": "float",
@@ -35,6 +38,7 @@ def contract() -> dict[str, Any]:
     """The accepted inputs and written outputs, JSON-able (``saig schema --json``)."""
     return {
         "photo_suffixes": sorted(photo_suffixes()),
+        "raster_suffixes": list(RASTER_SUFFIXES),
         "devices": list(DEVICES),
         "precisions": list(PRECISIONS),
         "index_kinds": list(INDEX_KINDS),
