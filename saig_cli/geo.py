@@ -43,37 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     p.set_defaults(func=cmd_tile)
 
-    idx = sub.add_parser("index", help="build or inspect a reference index of aerial chips")
-    isub = idx.add_subparsers(dest="index_command", metavar="ACTION", required=True)
-    p = isub.add_parser("build", help="encode every chip of the orthophotos into a FAISS index folder")
-    p.add_argument("rasters", nargs="+", metavar="ORTHO", help=RASTERS_HELP)
-    p.add_argument("--checkpoint", required=True, help="model checkpoint (its aerial branch encodes the chips)")
-    _chip_args(p, from_checkpoint=True)
-    p.add_argument("--out", required=True, type=output_dir,
-                   help="output index folder (appears only when complete; missing parent folders are created)")
-    add_device_arg(p)
-    add_precision_arg(p)
-    p.add_argument("--batch-size", type=positive_int, default=32, help="chips per encoder batch (default 32)")
-    p.add_argument("--read-workers", type=positive_int, default=1,
-                   help="processes reading chips while this one encodes (default 1: a reading thread)")
-    p.add_argument("--index-type", default="auto", choices=INDEX_KINDS, help=describe_index_kinds())
-    p.add_argument("--storage", default="auto", choices=("auto", "memory", "disk"),
-                   help="where a compressed index keeps its inverted lists: memory, or disk (memory-mapped lists and "
-                        f"a GeoParquet manifest, for big indexes); auto = disk from {ONDISK_MIN:,} chips")
-    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                   help="encode on a Ray cluster (read tasks on CPU workers, encoding actors, one GPU each when there "
-                        "are GPUs): its address (e.g. 10.0.0.1:6379), or none to start Ray on this machine; rasters, "
-                        "checkpoint and output on storage every node sees; needs the 'ray' extra")
-    p.add_argument("--shard-size", type=positive_int, default=1024,
-                   help="chips per committed shard: how much work a killed build can lose (default 1024)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
-    p.set_defaults(func=cmd_index_build)
-
-    p = isub.add_parser("info", help="print an index's metadata and verify its checksums")
-    p.add_argument("index", metavar="INDEX_DIR")
-    p.add_argument("--json", action="store_true", help="print one JSON line")
-    p.set_defaults(func=cmd_index_info)
+    _register_index(sub)
 
     p = sub.add_parser("schema", help="what the geospatial commands accept and write (photo types, output columns)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
@@ -119,6 +89,41 @@ def _register_photos(sub: argparse._SubParsersAction) -> None:
     p.add_argument("photos", nargs="+", metavar="PHOTO_OR_DIR", help="photos or folders of them, as given to locate")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.set_defaults(func=cmd_photos)
+
+
+def _register_index(sub: argparse._SubParsersAction) -> None:
+    """``saig index build`` and ``saig index info``."""
+    idx = sub.add_parser("index", help="build or inspect a reference index of aerial chips")
+    isub = idx.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    p = isub.add_parser("build", help="encode every chip of the orthophotos into a FAISS index folder")
+    p.add_argument("rasters", nargs="+", metavar="ORTHO", help=RASTERS_HELP)
+    p.add_argument("--checkpoint", required=True, help="model checkpoint (its aerial branch encodes the chips)")
+    _chip_args(p, from_checkpoint=True)
+    p.add_argument("--out", required=True, type=output_dir,
+                   help="output index folder (appears only when complete; missing parent folders are created)")
+    add_device_arg(p)
+    add_precision_arg(p)
+    p.add_argument("--batch-size", type=positive_int, default=32, help="chips per encoder batch (default 32)")
+    p.add_argument("--read-workers", type=positive_int, default=1,
+                   help="processes reading chips while this one encodes (default 1: a reading thread)")
+    p.add_argument("--index-type", default="auto", choices=INDEX_KINDS, help=describe_index_kinds())
+    p.add_argument("--storage", default="auto", choices=("auto", "memory", "disk"),
+                   help="where a compressed index keeps its inverted lists: memory, or disk (memory-mapped lists and "
+                        f"a GeoParquet manifest, for big indexes); auto = disk from {ONDISK_MIN:,} chips")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="encode on a Ray cluster (read tasks on CPU workers, encoding actors, one GPU each when there "
+                        "are GPUs): its address (e.g. 10.0.0.1:6379), or none to start Ray on this machine; rasters, "
+                        "checkpoint and output on storage every node sees; needs the 'ray' extra")
+    p.add_argument("--shard-size", type=positive_int, default=1024,
+                   help="chips per committed shard: how much work a killed build can lose (default 1024)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.set_defaults(func=cmd_index_build)
+
+    p = isub.add_parser("info", help="print an index's metadata and verify its checksums")
+    p.add_argument("index", metavar="INDEX_DIR")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.set_defaults(func=cmd_index_info)
 
 
 def _chip_args(p: argparse.ArgumentParser, from_checkpoint: bool = False) -> None:
