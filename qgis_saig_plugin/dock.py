@@ -43,12 +43,15 @@ from qgis.PyQt.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QProgressBar,
     QPushButton,
+    QScrollArea,
+    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -156,17 +159,32 @@ class SaigDock(QgsDockWidget):
     # -- UI ---------------------------------------------------------------------------------
 
     def _build_ui(self) -> None:
-        body = QWidget()
-        layout = QVBoxLayout(body)
+        """Settings (scrollable) above, Run and the results table below, split so the table keeps room."""
+        settings = QWidget()
+        layout = QVBoxLayout(settings)
         layout.addWidget(self._build_backend_box())
         layout.addWidget(self._build_reference_box())
         layout.addWidget(self._build_photos_box())
+        layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(settings)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setMinimumWidth(settings.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
+        results = QWidget()
+        layout = QVBoxLayout(results)
         layout.addLayout(self._build_run_row())
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
         layout.addWidget(self._build_table(), 1)
-        self.setWidget(body)
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.addWidget(scroll)
+        splitter.addWidget(results)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 2)
+        self.setWidget(splitter)
         self._connect_widgets()
 
     def _build_backend_box(self) -> QGroupBox:

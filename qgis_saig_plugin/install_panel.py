@@ -79,9 +79,11 @@ class InstallPanel(QWidget):
         self.cancel_button.setEnabled(False)
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
+        self.progress.setVisible(False)  # shown from the first install on
         row.addWidget(self.install_button)
         row.addWidget(self.cancel_button)
         row.addWidget(self.progress, 1)
+        row.addStretch(0)
         layout.addLayout(row)
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
@@ -150,6 +152,7 @@ class InstallPanel(QWidget):
             return
         self.log.clear()
         self.log.setVisible(True)
+        self.progress.setVisible(True)
         self.progress.setValue(0)
         task = InstallTask(self.options())
         task.line.connect(self.log.appendPlainText)
