@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -63,8 +64,9 @@ from tiling.grid import GridSpec, choose_grid
 GDAL_CACHE_MB = 256
 STATS_SIZE = 1024
 SEGMENT_PX = 4096  # widest window (source pixels) read at once for a row of chips
-TASK_CELLS = 96  # candidates per task handed to a worker process
+TASK_CELLS = 320  # candidates per task handed to a worker process
 PARALLEL_MIN = 600  # fewer candidates than this are read in this process (no worker start-up)
+BLOCK_CACHE = 96  # decoded blocks a reader keeps (512 px RGB: 72 MB): two block rows of a 12,000 px wide raster
 MARGIN = 3  # read pixels around a segment (each side, after decimation): the resampling filter's support
 _WGS84 = CRS.from_epsg(4326)
 # what a GDAL read or warp raises for a bad file (WarpOperationError is a RasterioError)
@@ -363,7 +365,8 @@ class ChipPlanner:
             if ground < s.pixel_size_m:
                 raise RasterError(s.path, f"chip size {ground:.3g} m is smaller than one pixel "
                                           f"({s.pixel_size_m:.3g} m); use a larger --chip-size-m")
-        self.layouts = [_layout(s, self.grid) for s in sources]
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):  # (GDAL's default cache is 5 % of the RAM)
+            self.layouts = [_layout(s, self.grid) for s in sources]
         self.stretch = run_stretch(sources)
         self._progress = progress
         self._rows: RowIndex | None = None
@@ -418,6 +421,7 @@ class ChipReader:
         self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
         self._views: dict[int, object] = {}
         self.errors: dict[int, RasterError] = {}
+        self._blocks: OrderedDict = OrderedDict()  # decoded blocks, most recent last (see _read_window)
         self._to_wgs = Transformer.from_crs(planner.grid.crs, _WGS84, always_xy=True)
 
     def close(self) -> None:
@@ -561,34 +565,111 @@ class ChipReader:
         r0 = max(0, (math.floor(first.y0 + 1e-6) - my) // fy * fy)
         r1 = min(view.height, r0 + -(-(math.ceil(first.y1 - 1e-6) + my - r0) // fy) * fy)
         rw, rh = -(-(c1 - c0) // fx), -(-(r1 - r0) // fy)
-        win = Window(c0, r0, c1 - c0, r1 - r0)
-        nb = len(src.bands)
-        if (rw, rh) == (c1 - c0, r1 - r0):
-            raw = view.read(src.bands, window=win)
-            mask = view.read_masks(src.bands[0], window=win)
-        else:
-            raw = view.read(src.bands, window=win, out_shape=(nb, rh, rw), resampling=Resampling.average)
-            mask = view.read_masks(src.bands[0], window=win, out_shape=(rh, rw), resampling=Resampling.nearest)
+        raw, mask = _read_window(src, view, Window(c0, r0, c1 - c0, r1 - r0), (rh, rw), self._blocks)
         sx, sy = rw / (c1 - c0), rh / (r1 - r0)
+        hwc = np.moveaxis(raw, 0, -1) if raw.dtype == np.uint8 and raw.shape[0] == 3 else None  # a view
         for p in segment:
             bx0, bx1 = (p.x0 - c0) * sx, (p.x1 - c0) * sx
             a, b = max(0, math.floor(bx0) - 3), min(rw, math.ceil(bx1) + 3)  # the chip's part (+ filter support)
             box = (max(0.0, bx0 - a), max(0.0, (p.y0 - r0) * sy), min(b - a, bx1 - a), min(rh, (p.y1 - r0) * sy))
             # (an edge chip pixel whose centre is inside may reach past the raster edge: clamped)
             size = (p.j1 - p.j0, p.i1 - p.i0)
-            data = _resample(raw[:, :, a:b], box, size, self.resampling)
-            valid = _resample(mask[None, :, a:b], box, size, Resampling.nearest)[0] > 0
-            if src.collar_rule:
-                valid &= data.any(axis=0)
-            rgb = _to_rgb8(src, data, self.planner.stretch)
-            cell = cells[p.cell]
-            region = cell.valid[p.i0:p.i1, p.j0:p.j1]
-            fill = valid & ~region
-            if fill.any():
-                cell.rgb[p.i0:p.i1, p.j0:p.j1][fill] = rgb[fill]
-                region |= fill
-                if cell.source < 0:
-                    cell.source = src.index
+            if hwc is not None:  # RGB uint8: one Pillow resize, already (h, w, 3)
+                crop = np.ascontiguousarray(hwc[:, a:b])
+                rgb = _resize_rgb(crop, box, size, self.resampling)
+                # (only a source pixel black in every band can make a chip pixel black: checked cheaply first)
+                black = src.collar_rule and not (crop[..., 0] | crop[..., 1] | crop[..., 2]).min()
+                valid = None if mask is None or mask[:, a:b].all() else \
+                    _resample(mask[None, :, a:b], box, size, Resampling.nearest)[0] > 0
+                if black:
+                    lit = rgb.any(axis=-1)
+                    valid = lit if valid is None else valid & lit
+            else:
+                data = _resample(raw[:, :, a:b], box, size, self.resampling)
+                valid = np.ones(data.shape[1:], bool) if mask is None else \
+                    _resample(mask[None, :, a:b], box, size, Resampling.nearest)[0] > 0
+                if src.collar_rule:
+                    valid &= data.any(axis=0)
+                rgb = _to_rgb8(src, data, self.planner.stretch)
+            _fill(cells[p.cell], p, rgb, valid, src.index)
+
+
+def _fill(cell: _Cell, p: _Piece, rgb: np.ndarray, valid: np.ndarray | None, source: int) -> None:
+    """Composite: the piece's valid pixels fill the cell's pixels that are not yet valid (None: all valid)."""
+    region = cell.valid[p.i0:p.i1, p.j0:p.j1]
+    if valid is None and not region.any():  # the common case: a whole, fresh region
+        cell.rgb[p.i0:p.i1, p.j0:p.j1] = rgb
+        region[...] = True
+    else:
+        fill = ~region if valid is None else valid & ~region
+        if not fill.any():
+            return
+        cell.rgb[p.i0:p.i1, p.j0:p.j1][fill] = rgb[fill]
+        region |= fill
+    if cell.source < 0:
+        cell.source = source
+
+
+def _read_window(src: SourceRaster, view, win: Window, shape: tuple[int, int],
+                 blocks: OrderedDict) -> tuple[np.ndarray, np.ndarray | None]:
+    """(bands, h, w) data and (h, w) mask of a window, decimated to ``shape`` when smaller (GDAL average,
+    overviews). Whole-resolution reads of a tiled file go block by block through ``blocks``, the
+    reader's own cache of the last :data:`BLOCK_CACHE` decoded blocks (GDAL decodes a JPEG tile again on
+    every request), so each block is decoded once for all the rows of chips touching it. The mask is
+    None when the raster has none (every pixel valid; the collar rule decides)."""
+    nb = len(src.bands)
+    rh, rw = shape
+    mask = None
+    if (rw, rh) != (int(win.width), int(win.height)):
+        raw = view.read(src.bands, window=win, out_shape=(nb, rh, rw), resampling=Resampling.average)
+        if not src.collar_rule:
+            mask = view.read_masks(src.bands[0], window=win, out_shape=(rh, rw), resampling=Resampling.nearest)
+        return raw, mask
+    bh, bw = view.block_shapes[0]
+    if isinstance(view, WarpedVRT) or bw >= view.width:  # warped or striped: one read
+        raw = view.read(src.bands, window=win)
+        return raw, None if src.collar_rule else view.read_masks(src.bands[0], window=win)
+    c0, r0, w, h = int(win.col_off), int(win.row_off), int(win.width), int(win.height)
+    # pixel-interleaved (h, w, bands) underneath, as blocks are cached: chips are cut by contiguous copies
+    raw = np.moveaxis(np.empty((h, w, nb), view.dtypes[src.bands[0] - 1]), -1, 0)
+    mask = None if src.collar_rule else np.empty((h, w), np.uint8)
+    for br in range(r0 // bh, (r0 + h - 1) // bh + 1):
+        for bc in range(c0 // bw, (c0 + w - 1) // bw + 1):
+            block = Window(bc * bw, br * bh, min(bw, view.width - bc * bw), min(bh, view.height - br * bh))
+            ya, yb = max(r0, br * bh), min(r0 + h, br * bh + block.height)
+            xa, xb = max(c0, bc * bw), min(c0 + w, bc * bw + block.width)
+            part = (slice(ya - br * bh, yb - br * bh), slice(xa - bc * bw, xb - bc * bw))
+            data, valid = _block(src, view, block, blocks)
+            raw[:, ya - r0:yb - r0, xa - c0:xb - c0] = data[:, part[0], part[1]]
+            if mask is not None and valid is not None:
+                mask[ya - r0:yb - r0, xa - c0:xb - c0] = valid[part]
+    return raw, mask
+
+
+def _block(src: SourceRaster, view, block: Window, cache: OrderedDict) -> tuple[np.ndarray, np.ndarray | None]:
+    """One decoded block (and its mask) through the reader's LRU cache."""
+    key = (src.index, int(block.col_off), int(block.row_off))
+    hit = cache.get(key)
+    if hit is not None:
+        cache.move_to_end(key)
+        return hit
+    data = np.moveaxis(np.ascontiguousarray(np.moveaxis(view.read(src.bands, window=block), 0, -1)), -1, 0)
+    valid = None if src.collar_rule else view.read_masks(src.bands[0], window=block)
+    cache[key] = (data, valid)
+    if len(cache) > BLOCK_CACHE:
+        cache.popitem(last=False)
+    return data, valid
+
+
+def _resize_rgb(crop: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int],
+                resampling: Resampling) -> np.ndarray:
+    """(h, w, 3) uint8 -> (size[1], size[0], 3) of the sub-pixel ``box``, in Pillow."""
+    from PIL import Image
+
+    h, w, _ = crop.shape
+    if size == (w, h) and all(abs(a - b) < 1e-6 for a, b in zip(box, (0, 0, w, h), strict=True)):
+        return crop
+    return np.asarray(Image.fromarray(crop, "RGB").resize(size, _PIL_FILTERS.get(resampling, 2), box=box))
 
 
 @dataclass
