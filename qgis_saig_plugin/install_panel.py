@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from qgis.core import QgsApplication, QgsSettings, QgsTask
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
@@ -171,8 +172,8 @@ class InstallPanel(QWidget):
             self.task.cancel()
 
     def _finished(self, task: InstallTask, ok: bool) -> None:
-        if task is not self.task:
-            return
+        if sip.isdeleted(self) or task is not self.task:
+            return  # the dock was closed (plugin unloaded) meanwhile
         self.task = None
         self.install_button.setEnabled(True)
         self.cancel_button.setEnabled(False)

@@ -66,6 +66,7 @@ class SaigPlugin:
         self.actions = []
         if self.dock is not None:
             self.dock.cancel()
+            self.dock.install_panel.cancel()  # the install's process tree stops; nothing half-done is used
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
             self.dock = None

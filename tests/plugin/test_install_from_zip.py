@@ -1,5 +1,6 @@
 """The analyst's path, end to end: Install from ZIP into an empty QGIS profile, install the backend with the
-plugin's own installer (real pip, real torch), then geolocate through Processing (qgis_process) with it.
+plugin's own installer (real pip, real torch), geolocate through Processing (qgis_process) with it, then run
+the installer again to repair a damaged backend.
 
 Marked ``install`` (minutes: pip installs torch and the backend's dependencies into a new venv); run it
 with ``make test-plugin-install``. Here it installs the CPU torch wheel found in /opt/wheels (the
@@ -66,3 +67,12 @@ def test_install_from_zip_then_install_backend_then_geolocate_through_processing
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     layer = QgsVectorLayer(str(out), "out", "ogr")
     assert layer.isValid() and layer.featureCount() == 3 * 3
+
+    # Running the installer again repairs: a backend file lost from the venv is put back from the wheel.
+    lost = next((backend_home / "venv").glob("lib/python3*/site-packages/tiling/photos.py"))
+    lost.unlink()
+    again = subprocess.run([sys.executable, "-m", "qgis_saig_plugin.backend_install", *torch], cwd=plugins,
+                           env=env, capture_output=True, text=True, timeout=3000)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert lost.is_file() and "usable: kept" in again.stdout  # the venv itself was kept
+    assert json.loads((backend_home / "install.json").read_text())["python"] == record["python"]
