@@ -747,8 +747,7 @@ class SaigDock(QgsDockWidget):
     def _set_table_columns(self, layer: QgsVectorLayer) -> None:
         """The fixed columns, then the backend's other per-candidate fields (heading, confidence, ...)."""
         self.table_fields = [(header, name, fmt) for header, name, fmt in TABLE_COLUMNS]
-        self.table_fields += [(name.replace("_", " ").capitalize(), name, "")
-                              for name in extra_table_fields(layer.fields().names())]
+        self.table_fields += [(column_header(name), name, "") for name in extra_table_fields(layer.fields().names())]
         self.table.setColumnCount(len(self.table_fields))
         self.table.setHorizontalHeaderLabels([header for header, _, _ in self.table_fields])
 
@@ -870,6 +869,14 @@ def extra_table_fields(names: list[str]) -> list[str]:
     (its heading estimate, confidence, ...), so new backend columns appear without a plugin change."""
     fixed = {name for _, name, _ in TABLE_COLUMNS}
     return [name for name in names if name not in fixed and name not in HIDDEN_FIELDS and name != "photo_name"]
+
+
+def column_header(name: str) -> str:
+    """A table header for a backend field: ``heading_deg`` -> 'Heading (°)', ``refined_x_m`` -> 'Refined x (m)'."""
+    for suffix, unit in (("_deg", " (°)"), ("_m", " (m)")):
+        if name.endswith(suffix):
+            return name[: -len(suffix)].replace("_", " ").capitalize() + unit
+    return name.replace("_", " ").capitalize()
 
 
 def _format(value, fmt: str) -> str:

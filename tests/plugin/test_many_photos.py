@@ -129,6 +129,6 @@ def test_300_photos_add_one_collapsed_heatmap_group_one_visible_heatmap_and_a_pa
 def test_the_table_shows_the_backends_heading_and_confidence_columns_when_present(dock, tmp_path, monkeypatch):
     shown(dock, write_run(tmp_path / "run", 2), monkeypatch)
     headers = [dock.table.horizontalHeaderItem(c).text() for c in range(dock.table.columnCount())]
-    assert headers == ["Photo", "Rank", "Score", "Dist. EXIF (m)", "Lon", "Lat", "Heading deg", "Confidence"]
+    assert headers == ["Photo", "Rank", "Score", "Dist. EXIF (m)", "Lon", "Lat", "Heading (°)", "Confidence"]
     assert dock.table.item(0, 6).text() == "10.000" and dock.table.item(0, 7).text() == "0.500"
     assert dock.table.item(0, 3).text() == ""  # no EXIF position: no distance
