@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, register_provider
+from conftest import REPO, register_provider, write_backend_that_stops_after_two_photos
 from qgis.core import QgsVectorLayer
 
 PACKAGE = REPO / "qgis_saig_plugin"
@@ -100,6 +100,22 @@ def test_qgis_process_geolocates_with_the_installed_zip(world, tmp_path):
     layer = QgsVectorLayer(str(out), "out", "ogr")
     assert layer.isValid() and layer.featureCount() == 3 * 3
     assert layer.crs().authid() == "EPSG:4326"
+
+
+@pytest.mark.slow
+def test_qgis_process_reports_a_backend_that_stopped_early_as_a_partial_result(world, tmp_path):
+    _, env = install_into_temporary_home(tmp_path)
+    env["SAIG_PYTHON"] = str(write_backend_that_stops_after_two_photos(tmp_path / "stops" / "bin" / "python",
+                                                                       "kill -9 $$"))
+    out = tmp_path / "out.gpkg"
+    proc = subprocess.run(["/usr/bin/qgis_process.bin", "run", "saig:geolocatephotos", "--json", "--",
+                           f"PHOTOS={os.path.dirname(world.photos[0])}", f"INDEX={world.index}", "TOP_K=2",
+                           "DEVICE=2", f"OUTPUT={out}"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # the located photos are delivered ...
+    results = json.loads(proc.stdout[proc.stdout.index("{"):])["results"]
+    assert results["PHOTOS_LOCATED"] == 2 and results["PHOTOS_MISSING"] == 1  # ... and the missing one counted
+    assert "Partial result: 1 of 3 photos" in proc.stdout + proc.stderr
+    assert QgsVectorLayer(str(out), "out", "ogr").featureCount() == 2 * 2
 
 
 def test_headless_class_factory_registers_and_unregisters_the_provider(qgis_app):
