@@ -76,3 +76,46 @@ def test_install_from_zip_then_install_backend_then_geolocate_through_processing
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     assert lost.is_file() and "usable: kept" in again.stdout  # the venv itself was kept
     assert json.loads((backend_home / "install.json").read_text())["python"] == record["python"]
+
+
+@pytest.mark.install
+def test_install_backend_in_the_dock_streams_pip_then_checks_the_new_backend(tmp_path, monkeypatch):
+    import zipfile
+
+    from conftest import SignalRecorder, wait_until
+    from qgis.core import QgsProject
+    from qgis.gui import QgsMapCanvas, QgsMessageBar
+
+    from qgis_saig_plugin import backend, backend_install
+    from qgis_saig_plugin.dock import SaigDock
+
+    archive = tmp_path / "qgis_saig_plugin.zip"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "plugin_package.py"), "zip", str(archive)], check=True,
+                   capture_output=True, timeout=600)
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(tmp_path / "unpacked")
+    monkeypatch.setattr(backend_install, "WHEELS", tmp_path / "unpacked" / "qgis_saig_plugin" / "wheels")
+    monkeypatch.setenv(backend_install.HOME_ENV, str(tmp_path / "managed"))
+    monkeypatch.delenv("SAIG_PYTHON")  # nothing else configured: the installed backend is the one used
+    backend.set_configured_python("")
+    bar = QgsMessageBar()
+    dock = SaigDock(QgsMapCanvas(), bar, lambda: [])
+    try:
+        dock.checkpoint.setFilePath("")
+        panel = dock.install_panel
+        panel.torch_requirement.setText(TORCH_WHEELS[0] if TORCH_WHEELS else "")
+        panel.offline.setChecked(False)
+        installed, checked = SignalRecorder(dock.backend_installed), SignalRecorder(dock.backend_checked)
+        panel.install_button.click()
+        wait_until(lambda: "Installing collected packages" in panel.log.toPlainText(), 1500, "pip to install")
+        assert 0 < panel.progress.value() < 100  # progress moves with pip's output
+        ok, text = installed.wait(3000)
+        assert ok, text + "\n" + panel.log.toPlainText()[-3000:]
+        assert "installed saig" in text and panel.install_button.text() == "Repair / upgrade backend"
+        assert backend.locate_backend().source == backend.managed_source()
+        ok, info = checked.wait(300)  # Check backend runs by itself after the install
+        assert ok and info.startswith("saig ") and "torch" in info, info
+        assert "== Installing the SAIG backend (saig_geolocate-" in panel.log.toPlainText()
+    finally:
+        QgsProject.instance().clear()
+        bar.clearWidgets()
