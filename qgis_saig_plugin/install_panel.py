@@ -93,6 +93,8 @@ class InstallPanel(QWidget):
         self.log.setVisible(False)
         layout.addWidget(self.log)
         layout.addWidget(self._build_options())
+        if backend_install.read_record(managed_home()) is not None:
+            self.install_button.setText("Repair / upgrade backend")  # installed before: running it again repairs
         self.install_button.clicked.connect(self.install)
         self.cancel_button.clicked.connect(self.cancel)
         self._restore()

@@ -90,3 +90,16 @@ def test_install_options_are_kept_for_the_next_install(dock):
     panel.torch_requirement.setText("")
     panel.torch_index.setText("")
     panel.options()
+
+
+def test_once_installed_the_button_offers_to_repair_or_upgrade(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    monkeypatch.setenv(backend_install.HOME_ENV, str(tmp_path / "managed"))
+    assert SaigDock(QgsMapCanvas(), QgsMessageBar(), lambda: []).install_panel.install_button.text() == \
+        "Install backend"
+    (tmp_path / "managed").mkdir()
+    (tmp_path / "managed" / "install.json").write_text(json.dumps({"python": sys.executable}))
+    assert SaigDock(QgsMapCanvas(), QgsMessageBar(), lambda: []).install_panel.install_button.text() == \
+        "Repair / upgrade backend"
