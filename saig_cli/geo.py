@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aerial-size", type=image_size, default=(256, 256), metavar="HxW",
                    help="chip size in pixels (the model's aerial input; default 256x256)")
     p.add_argument("--workers", type=positive_int, default=None,
-                   help="processes reading chips (default: every core)")
+                   help="processes reading chips (default: every core from 4 cores up, else this process)")
     p.add_argument("--out", required=True, type=output_file,
                    help="output GeoPackage (layer 'chips'; missing parent folders are created)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")

@@ -783,9 +783,17 @@ def _worker_task(start: int, stop: int) -> tuple[list[tuple[Chip, np.ndarray]], 
     return chips, skipped, errors
 
 
-def default_workers() -> int:
-    """Worker processes for reading: every core this process may use."""
+def usable_cores() -> int:
+    """The cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    """Worker processes for ``saig tile``: every core from 4 cores up, else 1 (this process). Handing a chip's
+    pixels between processes costs about as much as cutting it (benchmarks/tiling.py: one worker process
+    cuts ~0.7x as fast as this process), so on 2 cores the workers cost more than they gain."""
+    cores = usable_cores()
+    return cores if cores >= 4 else 1
 
 
 def iter_chips(planner: ChipPlanner, reader: ChipReader | None = None, start_seq: int = 0,
