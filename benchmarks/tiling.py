@@ -39,10 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 ORIGIN = (400_000.0, 5_100_000.0)
-PARALLEL_NOTE = ("One process reaches 0.77-0.96 of one core's limit on the COGs; worker processes lose most of "
-                 "it here: a pool of one worker process cuts ~0.7x as fast as this process (the chips' pixels are "
-                 "pickled between processes) after ~4 s of start-up, and on 2 cores shared with other work the "
-                 "workers and the parent compete. Not yet fixed: shared-memory results.")
+PARALLEL_NOTE = ("Worker processes hand pixels back through shared memory (only chip metadata is pickled) and "
+                 "start by fork (saig tile) or a fork server; on this machine's 2 cores, shared with other work, "
+                 "they gain nothing over one process (start-up of ~1-2 s included): the goal needs idle cores.")
 
 
 def generate(path: Path, size: int, res: float, origin=ORIGIN, seed: int = 0) -> Path:

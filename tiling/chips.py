@@ -64,7 +64,8 @@ from tiling.grid import GridSpec, choose_grid
 GDAL_CACHE_MB = 256
 STATS_SIZE = 1024
 SEGMENT_PX = 4096  # widest window (source pixels) read at once for a row of chips
-TASK_CELLS = 320  # candidates per task handed to a worker process
+TASK_CELLS = 320  # candidates per task handed to a worker process (fewer when SHARED_MB is short)
+SHARED_MB = 512  # shared memory for the pixels of the tasks in flight
 PARALLEL_MIN = 600  # fewer candidates than this are read in this process (no worker start-up)
 BLOCK_CACHE = 96  # decoded blocks a reader keeps (512 px RGB: 72 MB): two block rows of a 12,000 px wide raster
 MARGIN = 3  # read pixels around a segment (each side, after decimation): the resampling filter's support
@@ -764,20 +765,30 @@ def open_sources(paths: Sequence[str | os.PathLike], on_error=None) -> list[Sour
 
 
 _WORKER: ChipReader | None = None
+_SLOTS: np.ndarray | None = None  # the shared pixel slots, (slots, chips per task, h, w, 3) uint8
+_SHM = None
 
 
-def _worker_init(planner: ChipPlanner) -> None:
-    global _WORKER
+def _worker_init(planner: ChipPlanner, shm_name: str, shape: tuple[int, ...]) -> None:
+    """A worker: its own reader, and the parent's shared pixel slots (chips are not pickled)."""
+    from multiprocessing import shared_memory
+
+    global _WORKER, _SLOTS, _SHM
     _WORKER = ChipReader(planner)
+    _SHM = shared_memory.SharedMemory(name=shm_name)
+    _SLOTS = np.ndarray(shape, np.uint8, buffer=_SHM.buf)
 
 
-def _worker_task(start: int, stop: int) -> tuple[list[tuple[Chip, np.ndarray]], int, dict[int, RasterError]]:
-    assert _WORKER is not None
-    chips: list[tuple[Chip, np.ndarray]] = []
+def _worker_task(start: int, stop: int, slot: int) -> tuple[list[Chip], int, dict[int, RasterError]]:
+    """Cut candidates ``start .. stop``: pixels into the shared slot, chips (metadata) returned."""
+    assert _WORKER is not None and _SLOTS is not None
+    chips: list[Chip] = []
     skipped = 0
     for plan in _WORKER.planner.rows(start, stop):
         got, n = _WORKER.read_row(plan, start, stop)
-        chips += got
+        for chip, rgb in got:
+            _SLOTS[slot, len(chips)] = rgb
+            chips.append(chip)
         skipped += n
     errors, _WORKER.errors = _WORKER.errors, {}
     return chips, skipped, errors
@@ -789,9 +800,9 @@ def usable_cores() -> int:
 
 
 def default_workers() -> int:
-    """Worker processes for ``saig tile``: every core from 4 cores up, else 1 (this process). Handing a chip's
-    pixels between processes costs about as much as cutting it (benchmarks/tiling.py: one worker process
-    cuts ~0.7x as fast as this process), so on 2 cores the workers cost more than they gain."""
+    """Worker processes for ``saig tile``: every core from 4 cores up, else 1 (this process): on 2 cores the
+    parent (copying chips out, writing the manifest) and the workers compete, and benchmarks/tiling.py
+    measured no gain there."""
     cores = usable_cores()
     return cores if cores >= 4 else 1
 
@@ -838,25 +849,43 @@ def iter_chips(planner: ChipPlanner, reader: ChipReader | None = None, start_seq
 
 def _iter_parallel(planner: ChipPlanner, start: int, stop: int, workers: int,
                    handle) -> Iterator[tuple[Chip, np.ndarray]]:
-    """Tasks of TASK_CELLS candidates over a process pool, at most ``workers + 2`` in flight, in order."""
+    """Tasks over a process pool, ``workers + 2`` in flight, in order; each task's pixels come back through
+    its own slot of shared memory (at most :data:`SHARED_MB` in all), so only chip metadata is pickled."""
     import multiprocessing as mp
+    import threading
     from collections import deque
+    from multiprocessing import shared_memory
 
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    # fork when this process runs no other thread (saig tile): instant start; else (the index build's reading
+    # thread, torch's) a fork server, whose children inherit no threads
+    methods = mp.get_all_start_methods()
+    method = "fork" if "fork" in methods and threading.active_count() == 1 else \
+        "forkserver" if "forkserver" in methods else "spawn"
     ctx = mp.get_context(method)
     if method == "forkserver":
         ctx.set_forkserver_preload(["tiling.chips"])
-    bounds = iter(range(start, stop, TASK_CELLS))
-    with ctx.Pool(workers, initializer=_worker_init, initargs=(planner,)) as pool:
-        pending: deque = deque()
-        for a in bounds:
-            pending.append(pool.apply_async(_worker_task, (a, min(stop, a + TASK_CELLS))))
-            if len(pending) >= workers + 2:
-                break
-        while pending:
-            chips, skipped, errors = pending.popleft().get()
-            more = next(bounds, None)
-            if more is not None:
-                pending.append(pool.apply_async(_worker_task, (more, min(stop, more + TASK_CELLS))))
-            handle(skipped, errors)
-            yield from chips
+    slots = workers + 2
+    chip_bytes = planner.out_h * planner.out_w * 3
+    per_task = max(8, min(TASK_CELLS, SHARED_MB * 2 ** 20 // (slots * chip_bytes)))
+    shape = (slots, per_task, planner.out_h, planner.out_w, 3)
+    shm = shared_memory.SharedMemory(create=True, size=int(np.prod(shape)))
+    try:
+        pixels = np.ndarray(shape, np.uint8, buffer=shm.buf)
+        bounds = iter(range(start, stop, per_task))
+        with ctx.Pool(workers, initializer=_worker_init, initargs=(planner, shm.name, shape)) as pool:
+            pending: deque = deque()
+            for slot, a in zip(range(slots), bounds, strict=False):
+                pending.append((pool.apply_async(_worker_task, (a, min(stop, a + per_task), slot)), slot))
+            while pending:
+                result, slot = pending.popleft()
+                chips, skipped, errors = result.get()
+                handle(skipped, errors)
+                for k, chip in enumerate(chips):
+                    yield chip, pixels[slot, k].copy()
+                more = next(bounds, None)  # the slot is free again
+                if more is not None:
+                    pending.append((pool.apply_async(_worker_task, (more, min(stop, more + per_task), slot)), slot))
+        del pixels
+    finally:
+        shm.close()
+        shm.unlink()
