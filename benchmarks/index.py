@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-CONTENTION_NOTE = ("Reason found (2 shared cores): encoder-only runs with the cores to itself, while in the build "
-                   "the reading thread's CPU (resampling each chip, ~1.5 ms) competes with the encoder's two torch "
-                   "threads; profiled, the build's encode calls run ~3x slower than alone. With the small demo "
-                   "model reading costs about as much as encoding, so 0.9 needs spare cores for reading.")
+CONTENTION_NOTE = ("Reason found (2 cores shared with other work): encoder-only runs with the cores to itself, "
+                   "while in the build the reading (resampling each chip, ~1.5 ms of CPU; a thread or "
+                   "--read-workers processes) competes with the encoder's two torch threads; profiled, the build's "
+                   "encode calls run ~3x slower than alone. With the small demo model reading costs about as much "
+                   "as encoding, so 0.9 needs spare cores for reading (or a GPU encoding).")
 sys.path.insert(0, str(REPO))
 
 
@@ -56,7 +57,8 @@ def main() -> None:
     from tiling.index import BuildOptions, build_index
 
     run = record.Run("index", "Index build against the encoder alone",
-                     command="python benchmarks/index.py" + (f" --preset {args.preset}" if args.preset else ""))
+                     command="python benchmarks/index.py" + (f" --preset {args.preset}" if args.preset else "")
+                     + (f" --read-workers {args.read_workers}" if args.read_workers != 1 else ""))
     res = 0.5
     with tempfile.TemporaryDirectory(prefix="saig-bench-index-") as tmp_name:
         tmp = Path(tmp_name)
