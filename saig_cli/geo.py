@@ -73,6 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "metadata, else an aspect of about 2:1 or wider without a lens focal length)")
     kind.add_argument("--photo", dest="mode", action="store_const", const="photo",
                       help="read every photo as a limited field of view (never a panorama)")
+    p.add_argument("--no-heading", dest="ignore_heading", action="store_true",
+                   help="ignore EXIF/GPano headings (e.g. an unreliable compass): an orientation-aware model then "
+                        "searches every rotation and reports the best as the heading estimate")
     add_device_arg(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output GeoPackage (or an unfinished run of it)")
@@ -258,6 +261,6 @@ def cmd_locate(args: argparse.Namespace, reporter: Reporter) -> int:
     opts = LocateOptions(index=args.index, checkpoint=args.checkpoint, k=args.k, prior_radius_m=args.prior_radius_m,
                          fov_deg=args.fov_deg, heatmap_dir=args.heatmap_dir, device=args.device,
                          overwrite=args.overwrite, json_lines=args.json or reporter.json, mode=args.mode,
-                         resume=args.resume)
+                         resume=args.resume, ignore_heading=args.ignore_heading)
     failed = locate_photos(args.photos, args.out, opts, reporter)
     return 1 if failed else 0

@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=output_dir, help="output folder")
     p.add_argument("--photos", type=non_negative_int, default=200, help="360° panoramas to shoot (default 200)")
     p.add_argument("--fov-photos", type=non_negative_int, default=0, help="90° photos at random headings (default 0)")
+    p.add_argument("--group-photos", type=non_negative_int, default=0, metavar="N",
+                   help="N groups of 4 spots within 40 m of each other (a street corner), each shot as a panorama "
+                        "and as a 90° photo: groups/pano_gNNN/ and groups/photo_gNNN/, truth in groups/truth.csv")
     p.add_argument("--pairs", type=positive_int, default=None, metavar="N",
                    help="write N training pairs per world (north-aligned panorama + aerial chip) instead of a "
                         "world with photos")
@@ -111,7 +114,8 @@ def cmd_synth(args: argparse.Namespace, reporter: Reporter) -> int:
                              center_lon=args.origin[0], center_lat=args.origin[1], crs=args.crs)
     except ValueError as e:
         raise SaigError(str(e)) from None
-    summary = synthesize_world(config, args.out, PhotoPlan(panoramas=args.photos, fov_photos=args.fov_photos),
+    plan = PhotoPlan(panoramas=args.photos, fov_photos=args.fov_photos, groups=args.group_photos)
+    summary = synthesize_world(config, args.out, plan,
                                reporter=reporter, overwrite=args.overwrite)
     seconds = time.perf_counter() - start
     reporter.log(f"wrote world seed {config.seed} ({summary['crs']}, {summary['buildings']} buildings, "

@@ -113,7 +113,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     truth = {Path(r.file).name: r for r in io.read_truth(world_dir / "truth.csv")}
     results = {Path(e["photo"]).name: e for e in located if e.get("event") == "result" and "photo" in e}
     meta = json.loads((world_dir / "world.json").read_text())
-    scored = _score(truth, results, meta["crs"], cfg.hit_radius_m, k_percent)
+    scored = score_photos(truth, results, meta["crs"], cfg.hit_radius_m, k_percent)
     chance = math.pi * cfg.hit_radius_m ** 2 / cfg.stride_m ** 2 / chips
 
     t0 = time.perf_counter()
@@ -131,7 +131,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         "hit_definition": f"a top-k candidate chip centre within {cfg.hit_radius_m:g} m of the true position",
         "chance_r1": chance,
         "chance_r1_percent": min(1.0, chance * k_percent),
-        "metrics": {kind: _summary(rows, chance) for kind, rows in _by_kind(scored).items()},
+        "metrics": {kind: summarize(rows, chance) for kind, rows in _by_kind(scored).items()},
         "photos_failed": sorted(set(truth) - set(results)),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "outputs": {"candidates": "candidates.gpkg", "heatmaps": "heatmaps/", "overviews": overview_files,
@@ -142,8 +142,9 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     return report
 
 
-def _score(truth: dict, results: dict, crs: str, radius: float, k_percent: int) -> list[dict]:
-    """Per photo: top-1 error (m) and the rank of the first candidate within ``radius`` (None if none)."""
+def score_photos(truth: dict, results: dict, crs: str, radius: float, k_percent: int) -> list[dict]:
+    """Per photo: top-1 error (m), the rank of the first candidate within ``radius`` (None if none) and, when the
+    top-1 carries a heading, its error against the true heading (degrees)."""
     from pyproj import Transformer
 
     to_grid = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
@@ -157,12 +158,21 @@ def _score(truth: dict, results: dict, crs: str, radius: float, k_percent: int) 
         within = np.nonzero(dist <= radius)[0]
         rows.append({"photo": name, "kind": t.kind, "top1_error_m": round(float(dist[0]), 2),
                      "first_hit_rank": int(within[0]) + 1 if len(within) else None,
-                     "top5": [[round(float(x), 2), round(float(y), 2)] for x, y in zip(xs[:5], ys[:5], strict=True)]})
+                     "top5": [[round(float(x), 2), round(float(y), 2)] for x, y in zip(xs[:5], ys[:5], strict=True)],
+                     "heading_error_deg": _heading_error(cands[0].get("heading_deg"), t.heading),
+                     "heading_estimated": bool(cands[0].get("heading_estimated"))})
     for r in rows:
         r["hit@1"] = r["first_hit_rank"] == 1
         r["hit@5"] = r["first_hit_rank"] is not None and r["first_hit_rank"] <= 5
         r["hit@1%"] = r["first_hit_rank"] is not None and r["first_hit_rank"] <= k_percent
     return rows
+
+
+def _heading_error(estimate, truth: float) -> float | None:
+    """Smallest angle (degrees) between an estimated and the true heading; None without an estimate."""
+    if estimate is None:
+        return None
+    return round(abs((float(estimate) - truth + 180.0) % 360.0 - 180.0), 2)
 
 
 def _by_kind(rows: list[dict]) -> dict[str, list[dict]]:
@@ -171,10 +181,18 @@ def _by_kind(rows: list[dict]) -> dict[str, list[dict]]:
     return {k: v for k, v in groups.items() if v}
 
 
-def _summary(rows: list[dict], chance: float) -> dict:
+def summarize(rows: list[dict], chance: float) -> dict:
+    """R@1, R@5, R@1 %, R@1 over chance, median and 90th-percentile top-1 error of scored photos; with
+    estimated headings, the share of top-1 hits whose heading is within 20 degrees."""
     err = np.asarray([r["top1_error_m"] for r in rows])
     r1 = float(np.mean([r["hit@1"] for r in rows]))
-    return {"count": len(rows), "R@1": round(r1, 4), "R@5": round(float(np.mean([r["hit@5"] for r in rows])), 4),
+    hits = [r for r in rows if r["hit@1"] and r.get("heading_estimated") and r.get("heading_error_deg") is not None]
+    extra: dict = {}
+    if hits:
+        within = float(np.mean([r["heading_error_deg"] <= 20 for r in hits]))
+        extra = {"heading_within_20deg_of_top1_hits": round(within, 4), "top1_hits_with_heading": len(hits)}
+    return {**extra, "count": len(rows), "R@1": round(r1, 4),
+            "R@5": round(float(np.mean([r["hit@5"] for r in rows])), 4),
             "R@1%": round(float(np.mean([r["hit@1%"] for r in rows])), 4),
             "R@1_over_chance": round(r1 / chance, 1),
             "median_error_m": round(float(np.median(err)), 1), "p90_error_m": round(float(np.percentile(err, 90)), 1)}

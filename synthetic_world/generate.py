@@ -21,6 +21,9 @@ from synthetic_world.render import PanoramaSpec, PhotoSpec, Renderer
 from synthetic_world.world import FIELD, GROUND, ROAD, WorldConfig, street_positions
 
 PAIRS_FIELDS = ("ground_path", "aerial_path", "lat", "lon", "seed")
+#: Photo groups (``PhotoPlan.groups``): spots per group, and their distance from the group's first spot (metres).
+GROUP_SIZE = 4
+GROUP_SPREAD_M = (5.0, 20.0)
 #: The files of a world besides its photos (recorded with them in ``.saig-synth.json``).
 WORLD_FILES = ("orthophoto.tif", "dsm.tif", "truth.csv", "world.json")
 
@@ -34,6 +37,7 @@ class PhotoPlan:
     pano: PanoramaSpec = field(default_factory=PanoramaSpec)
     photo: PhotoSpec = field(default_factory=PhotoSpec)
     margin_m: float = 80.0
+    groups: int = 0  # groups of GROUP_SIZE nearby spots, each shot as a panorama and as a 90-degree photo
 
 
 def _rng(*keys: int) -> np.random.Generator:
@@ -62,7 +66,10 @@ def synthesize_world(config: WorldConfig, out: str | Path, plan: PhotoPlan = Pho
         world = io.make_world(config)
         renderer = Renderer(world)
         t.update(1)
-    ownership.write_marker(out, "saig synth", [*WORLD_FILES, *(f"photos/{n}" for n in names)])
+    group_files = [f"groups/{kind}_g{g:03d}/{i}.jpg" for g in range(plan.groups) for kind in ("pano", "photo")
+                   for i in range(GROUP_SIZE)]
+    ownership.write_marker(out, "saig synth", [*WORLD_FILES, *(f"photos/{n}" for n in names), *group_files,
+                                               *(["groups/truth.csv"] if plan.groups else [])])
     (out / "photos").mkdir(parents=True, exist_ok=True)
     with _task(reporter, "rasters", 2) as t:
         io.write_orthophoto(out / "orthophoto.tif", world, renderer.ortho)
@@ -94,6 +101,8 @@ def synthesize_world(config: WorldConfig, out: str | Path, plan: PhotoPlan = Pho
                                     y=float(y), heading=round(heading, 2), kind=kind))
             t.update(1)
     io.write_truth(out / "truth.csv", rows)
+    if plan.groups:
+        _shoot_groups(world, renderer, config.seed, plan, out / "groups", reporter)
     summary = {
         "seed": config.seed,
         "config": asdict(config),
@@ -120,6 +129,47 @@ def synthesize_world(config: WorldConfig, out: str | Path, plan: PhotoPlan = Pho
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(out / "world.json")
     return summary
+
+
+def group_spots(world, groups: int, rng: np.random.Generator) -> np.ndarray:
+    """(groups, GROUP_SIZE, 2) street spots: a centre and spots 5-20 m from it (so all within 40 m of each other)."""
+    lo, hi = GROUP_SPREAD_M
+    cand = street_positions(world, 40_000, rng, margin_m=80.0)
+    out = []
+    for c in cand:
+        d = np.hypot(*(cand - c).T)
+        near = cand[(d >= lo) & (d <= hi)]
+        if len(near) >= GROUP_SIZE - 1 and all(np.hypot(*(c - g[0])) > 100 for g in out):
+            out.append(np.vstack([c, near[rng.choice(len(near), GROUP_SIZE - 1, replace=False)]]))
+        if len(out) == groups:
+            break
+    return np.asarray(out).reshape(-1, GROUP_SIZE, 2)
+
+
+def _shoot_groups(world, renderer: Renderer, seed: int, plan: PhotoPlan, out: Path, reporter) -> None:
+    """Each group's spots as panoramas (``pano_gNNN/``) and 90-degree photos (``photo_gNNN/``), truth.csv."""
+    spots = group_spots(world, plan.groups, _rng(seed, 4))
+    rows: list[io.TruthRow] = []
+    with _task(reporter, "groups", spots.shape[0]) as t:
+        for g, group in enumerate(spots):
+            headings = _rng(seed, 5, g).uniform(0, 360, len(group))
+            lon, lat = io.to_lonlat(world, group[:, 0], group[:, 1])
+            for i, (x, y) in enumerate(group):
+                altitude = world.ground_elevation(x, y) + plan.pano.eye_height_m
+                for kind, heading in (("pano", 180.0), ("photo", float(headings[i]))):
+                    rng = _rng(seed, 6, g, i, kind == "photo")
+                    rgb = (renderer.panorama(x, y, 0.0, plan.pano, rng) if kind == "pano"
+                           else renderer.photo(x, y, heading, plan.photo, rng))
+                    exif = io.gps_exif(float(lon[i]), float(lat[i]), heading, altitude_m=altitude,
+                                       focal_35mm=None if kind == "pano" else plan.photo.focal_35mm)
+                    name = f"{kind}_g{g:03d}/{i}.jpg"
+                    (out / name).parent.mkdir(parents=True, exist_ok=True)
+                    io.write_jpeg(out / name, rgb, exif)
+                    rows.append(io.TruthRow(file=name, lon=float(lon[i]), lat=float(lat[i]), x=float(x), y=float(y),
+                                            heading=round(heading, 2),
+                                            kind="panorama" if kind == "pano" else "photo"))
+            t.update(1)
+    io.write_truth(out / "truth.csv", rows)
 
 
 def _remove_old_world(out: Path) -> None:
@@ -169,6 +219,7 @@ def synthesize_pairs(seeds: Sequence[int], out: str | Path, pairs_per_world: int
         pos = np.concatenate([street_positions(world, on_road, rng, margin),
                               street_positions(world, pairs_per_world - on_road, rng, margin, (GROUND, FIELD, ROAD))])
         lon, lat = io.to_lonlat(world, pos[:, 0], pos[:, 1])
+        first = len(rows)
         with _task(reporter, f"pairs {seed}", len(pos)) as t:
             for i, (x, y) in enumerate(pos):
                 g, a = wdir / "ground" / f"{i:05d}.jpg", wdir / "aerial" / f"{i:05d}.png"
@@ -180,6 +231,10 @@ def synthesize_pairs(seeds: Sequence[int], out: str | Path, pairs_per_world: int
                 rows.append({"ground_path": str(g.relative_to(out)), "aerial_path": str(a.relative_to(out)),
                              "lat": f"{lat[i]:.8f}", "lon": f"{lon[i]:.8f}", "seed": seed})
                 t.update(1)
+        # each world's own list (paths relative to its folder) lets a long run be used world by world
+        io.write_csv(wdir / "pairs.csv", PAIRS_FIELDS, [
+            {**r, "ground_path": str(Path(r["ground_path"]).relative_to(wdir.name)),
+             "aerial_path": str(Path(r["aerial_path"]).relative_to(wdir.name))} for r in rows[first:]])
         del world, renderer
     return io.write_csv(out / "pairs.csv", PAIRS_FIELDS, rows)
 

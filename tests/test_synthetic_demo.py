@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from synthetic_world.demo import _score, _summary
+from synthetic_world.demo import score_photos as _score
+from synthetic_world.demo import summarize as _summary
 from synthetic_world.io import TruthRow
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,6 +30,7 @@ import numpy as np
 from saig_core.errors import SaigError
 from saig_core.runtime.progress import Reporter
 from tiling.heatmap import HeatmapFolder, heatmap_names, write_heatmap
+from tiling.orientation import OrientedQuery, is_oriented, rotation_query, single_query
 from tiling.photos import GroundInput, Photo, PhotoError, collect_photos, read_photo
 from tiling.reference import QueryResult, Reference, open_index, query
 from tiling.results import ResultJournal, check_output, photo_list_digest
@@ -57,6 +58,7 @@ class LocateOptions:
     json_lines: bool = False
     mode: str = "auto"  # "auto", "panorama" (--panorama) or "photo" (--photo)
     resume: bool = False
+    ignore_heading: bool = False  # --no-heading: treat every photo's heading as unknown
 
 
 LoadedIndex = Reference  # an index folder opened for searching: tiling.reference.open_index
@@ -108,6 +110,7 @@ def _run_record(index: LoadedIndex, photos: list[Path], opts: LocateOptions, hea
     return {"index": os.path.realpath(index.dir), "index_count": index.count,
             "model_fingerprint": index.meta["model"]["fingerprint"], "k": opts.k,
             "prior_radius_m": opts.prior_radius_m, "fov_deg": opts.fov_deg, "mode": opts.mode,
+            "ignore_heading": opts.ignore_heading,
             "heatmap_dir": os.path.realpath(heat_dir) if heat_dir else None, "photos": len(photos),
             "photos_sha256": photo_list_digest(photos)}
 
@@ -186,10 +189,10 @@ class _Steps:
         """Locate one photo and commit it; False (reported) when it failed."""
         try:
             photo = self.read(path)
-            q = self.encode(photo)
-            hits = self.search(photo, q)
+            oq = self.encode(photo)
+            hits = scaled(self.search(photo, oq.q), oq.scale)
             heat_path = self.heatmap(photo, hits)
-            self.record(photo, hits, heat_path, journal)
+            self.record(photo, hits, heat_path, journal, oq)
         except (PhotoError, SaigError) as e:
             _fail(self.reporter, self.opts, path, str(e))
             return False
@@ -205,10 +208,49 @@ class _Steps:
             self.reporter.log(w, "warning")
         return photo
 
-    def encode(self, photo: Photo) -> np.ndarray:
-        """The (1, D) query descriptor. A panorama of unknown heading is encoded north-aligned: a search over
-        rotations replaces this single query when one is available (``photo.view.heading_known``)."""
-        return self.encoder.encode("ground", self.ground.tensor(photo)[None]).numpy()
+    def encode(self, photo: Photo) -> OrientedQuery:
+        """The query: one descriptor at the photo's heading, or -- a sector model and no heading -- the best of
+        a rotation search (``tiling.orientation``), which is also the heading estimate."""
+        heading = self._heading(photo)
+        canvas = self._canvas(photo, heading is None)
+        if heading is not None or not is_oriented(self.encoder):
+            return single_query(self.encoder, canvas, heading)
+        return rotation_query(self.encoder, canvas, 180.0, lambda qs: self._search_many(photo, qs))
+
+    def _heading(self, photo: Photo) -> float | None:
+        """The compass heading of the photo's centre column, when known and not ignored (``--no-heading``)."""
+        if self.opts.ignore_heading:
+            return None
+        pano = photo.view.panorama
+        if pano is not None:
+            return None if pano.azimuth0_deg is None else (pano.azimuth0_deg + 180.0) % 360.0
+        return photo.exif.heading
+
+    def _canvas(self, photo: Photo, unknown: bool):
+        """The ground input; with an unknown heading a photo is centred (heading 180) and a panorama taken
+        as north-aligned (its centre column at 180)."""
+        from dataclasses import replace
+
+        from saig_core.data.transforms import limited_fov_to_input
+        from tiling.ground_input import panorama_to_input
+
+        g, view = self.ground, photo.view
+        if not (unknown and self.opts.ignore_heading):
+            return g.tensor(photo)
+        if view.panorama is not None:
+            return panorama_to_input(photo.image, replace(view.panorama, azimuth0_deg=None), g.band, g.size)
+        return limited_fov_to_input(photo.image, g.size, view.fov_deg, g.placement, None)
+
+    def _search_many(self, photo: Photo, qs: np.ndarray) -> np.ndarray:
+        """Best scores (R, 1) of several queries in one FAISS call (within the EXIF prior when asked)."""
+        exif, opts = photo.exif, self.opts
+        subset = None
+        if opts.prior_radius_m is not None and exif.lon is not None and exif.lat is not None:
+            subset = self.index.chips_within(exif.lon, exif.lat, opts.prior_radius_m)[0].faiss_id
+            if len(subset) == 0:
+                subset = None
+        scores, _ = self.index.search(qs, 1, subset)
+        return scores
 
     def search(self, photo: Photo, q: np.ndarray) -> QueryResult:
         """Top-k chips (and the heatmap's chips and scores when asked), within the prior radius of the EXIF
@@ -229,13 +271,16 @@ class _Steps:
         return write_heatmap(self.heat.path_for(photo.path), hits.heat_chips.row, hits.heat_chips.col,
                              hits.heat_scores, self.index.meta["grid"], self.index.crs)
 
-    def record(self, photo: Photo, hits: QueryResult, heat_path: Path | None, journal: ResultJournal) -> None:
+    def record(self, photo: Photo, hits: QueryResult, heat_path: Path | None, journal: ResultJournal,
+               oq: OrientedQuery) -> None:
         """The photo's rows and result line, committed to the journal, then reported."""
         crs, path, c = self.index.crs, photo.path, hits.chips
+        heading = None if oq.heading_deg is None else round(oq.heading_deg, 2)
         cands = [{
             "photo": str(path), "rank": n + 1, "score": float(s), "chip_id": str(c.chip_id[n]), "faiss_id": int(i),
             "lon": float(c.lon[n]), "lat": float(c.lat[n]), "x": float(c.x[n]), "y": float(c.y[n]),
             "distance_m": float(hits.distance_m[n]) if hits.distance_m is not None else None, "grid_crs": crs,
+            "heading_deg": heading, "heading_estimated": int(oq.estimated),
         } for n, (s, i) in enumerate(zip(hits.scores, hits.ids, strict=True))]
         row = _photo_row(photo, cands, heat_path)
         result = {"photo": str(path), "exif": photo.exif.as_json(),
@@ -250,6 +295,17 @@ class _Steps:
             dist = f", {top['distance_m']:.0f} m from EXIF" if top["distance_m"] is not None else ""
             self.reporter.log(f"{path}: top-1 {top['chip_id']} at {top['lat']:.6f}, {top['lon']:.6f} "
                               f"(score {top['score']:.3f}{dist})")
+
+
+def scaled(hits: QueryResult, scale: float) -> QueryResult:
+    """The answer with its scores (and heatmap scores) multiplied by ``scale`` (a sector model's factor that
+    makes them mean sector similarities, comparable between photos of different fields of view)."""
+    from dataclasses import replace
+
+    if scale == 1.0:
+        return hits
+    heat = hits.heat_scores * scale if hits.heat_scores is not None else None
+    return replace(hits, scores=hits.scores * scale, heat_scores=heat)
 
 
 def _photo_row(photo: Photo, cands: list[dict], heat_path: Path | None) -> dict:

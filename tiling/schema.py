@@ -18,9 +18,14 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".ecw", ".sid")
 CANDIDATE_COLUMNS: dict[str, str] = {
     "photo": "str", "rank": "int", "score": "float", "chip_id": "str", "faiss_id": "int", "lon": "float",
     "lat": "float", "x": "float", "y": "float", "distance_m": "float", "grid_crs": "str",
+    "heading_deg": "float", "heading_estimated": "int",
 }
-#: The per-candidate fields of a ``locate --json`` result line (``x``/``y`` are in ``grid_crs``).
-CANDIDATE_RESULT_FIELDS = ("rank", "score", "chip_id", "lon", "lat", "x", "y", "grid_crs", "distance_m")
+#: The per-candidate fields of a ``locate --json`` result line (``x``/``y`` are in ``grid_crs``). ``heading_deg``
+#: is the photo's heading (of its centre column, degrees from north) the candidate was matched at: the EXIF one,
+#: or -- ``heading_estimated`` -- the best rotation of an orientation-aware model's search (null for other models
+#: without a heading).
+CANDIDATE_RESULT_FIELDS = ("rank", "score", "chip_id", "lon", "lat", "x", "y", "grid_crs", "distance_m",
+                           "heading_deg", "heading_estimated")
 #: ``saig locate`` output: layer ``photos`` (EXIF positions in EPSG:4326, or no geometry), column -> type.
 #: ``heading`` is true north (converted from ``heading_magnetic`` with ``declination_deg`` when EXIF recorded a
 #: magnetic one); ``heading_source`` says where a panorama's heading came from; ``input``/``input_reason`` and

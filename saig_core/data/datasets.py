@@ -51,6 +51,7 @@ class CrossViewSplit:
     semi_positives: list[list[int]] | None = None
     latlon: list[tuple[float, float]] | None = None
     extra: dict = field(default_factory=dict)
+    world: list[str] | None = None  # which world (area) each query comes from, for neighbour batches
 
     def __post_init__(self) -> None:
         if len(self.ground) != len(self.positive):
@@ -76,6 +77,7 @@ class CrossViewSplit:
                 [[remap[j] for j in self.semi_positives[i]] for i in indices] if self.semi_positives else None
             ),
             latlon=[self.latlon[i] for i in indices] if self.latlon else None,
+            world=[self.world[i] for i in indices] if self.world else None,
         )
 
     def split_off(self, fraction: float, seed: int) -> tuple[CrossViewSplit, CrossViewSplit]:
@@ -128,8 +130,9 @@ class PairDataset(torch.utils.data.Dataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose random stream the training augmentations draw from."""
+        """Select the epoch whose random stream (and curriculum stage) the training augmentations draw from."""
         self.epoch = epoch
+        self.transform.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -174,7 +177,10 @@ class GalleryDataset(torch.utils.data.Dataset):
 
 
 def load_pairs_csv(path: str | os.PathLike, name: str | None = None) -> CrossViewSplit:
-    """A ``ground_path,aerial_path[,lat,lon]`` CSV (header required); paths relative to the CSV."""
+    """A ``ground_path,aerial_path[,lat,lon[,seed]]`` CSV (header required); paths relative to the CSV.
+
+    ``seed`` names the world of a pair (lat/lon of different worlds are unrelated places).
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: pairs CSV not found")
@@ -183,6 +189,7 @@ def load_pairs_csv(path: str | os.PathLike, name: str | None = None) -> CrossVie
     aerial: list[Path] = []
     positive: list[int] = []
     latlon: list[tuple[float, float]] = []
+    world: list[str] = []
     index: dict[Path, int] = {}
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -200,6 +207,8 @@ def load_pairs_csv(path: str | os.PathLike, name: str | None = None) -> CrossVie
                 aerial.append(a_path)
             ground.append((base / g).resolve())
             positive.append(index[a_path])
+            if "seed" in fields:
+                world.append(str(row.get("seed") or ""))
             if has_pos:
                 try:
                     latlon.append((float(row["lat"]), float(row["lon"])))
@@ -207,7 +216,7 @@ def load_pairs_csv(path: str | os.PathLike, name: str | None = None) -> CrossVie
                     raise DatasetError(
                         f"{path}, line {line}: lat/lon are not numbers: {row['lat']!r}, {row['lon']!r}"
                     ) from None
-    return CrossViewSplit(name or path.stem, ground, aerial, positive, latlon=latlon or None)
+    return CrossViewSplit(name or path.stem, ground, aerial, positive, latlon=latlon or None, world=world or None)
 
 
 # --------------------------------------------------------------------------------------------------

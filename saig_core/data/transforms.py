@@ -19,7 +19,10 @@ Conventions (shared by training and ``saig locate``; keep them in one place):
 * A **random circular shift** rolls the panorama by a random number of columns; a polar aerial image
   (:func:`polar_transform`) is rolled by the same fraction of its width, so the pair stays aligned.
 * **Photometric jitter** scales brightness, contrast and saturation by random factors in
-  ``[1 - s, 1 + s]``, independently for ground and aerial.
+  ``[1 - s, 1 + s]``, independently for ground and aerial; the empty columns of a canvas stay exactly 0
+  (an orientation-aware model reads its field of view from them, see ``saig_core.model.orientation``).
+* A **field-of-view curriculum** (``fov_curriculum``: ``[[first_epoch, [fov, ...]], ...]``) changes the
+  widths drawn as training goes on (e.g. 360 -> 180 -> 90 -> 60); a width of 360 is the whole panorama.
 """
 from __future__ import annotations
 
@@ -129,9 +132,17 @@ class AugmentConfig:
     fov_heading_known: bool = False  # canvas: at the heading's column (True) or centred (False)
     jitter: float = 0.0  # photometric jitter strength (training only)
     polar: bool = False  # SAFA-style polar transform of the aerial image to the aerial input size
+    fov_curriculum: tuple = ()  # ((first_epoch, (fov, ...)), ...): widths by epoch, replacing fov_deg
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fov_deg", tuple(float(v) for v in self.fov_deg))
+        try:
+            stages = tuple(sorted((int(e), tuple(float(v) for v in f)) for e, f in self.fov_curriculum))
+        except (TypeError, ValueError):
+            raise ValueError("fov_curriculum must be a list of [first_epoch, [fov, ...]] pairs") from None
+        object.__setattr__(self, "fov_curriculum", stages)
+        if any(not f or not all(0 < v <= 360 for v in f) for _, f in stages):
+            raise ValueError(f"fov_curriculum widths must be non-empty lists in (0, 360], got {self.fov_curriculum}")
         if self.shift_aerial not in ("none", "rotate"):
             raise ValueError(f"shift_aerial must be 'none' or 'rotate', got {self.shift_aerial!r}")
         if self.fov_placement not in PLACEMENTS:
@@ -147,7 +158,16 @@ class AugmentConfig:
         """How ground images become model input, for checkpoint metadata (read by ``saig locate``)."""
         return {"panorama": "equirectangular, column 0 = north, resized to the ground input size",
                 "fov_deg": list(self.fov_deg), "fov_placement": self.fov_placement,
-                "fov_heading_known": self.fov_heading_known, "polar_aerial": self.polar}
+                "fov_heading_known": self.fov_heading_known, "polar_aerial": self.polar,
+                "fov_curriculum": [[e, list(f)] for e, f in self.fov_curriculum]}
+
+    def fovs_at(self, epoch: int) -> tuple[float, ...]:
+        """The crop widths drawn in ``epoch`` (the curriculum stage reached, else ``fov_deg``)."""
+        current = self.fov_deg
+        for first, widths in self.fov_curriculum:
+            if epoch >= first:
+                current = widths
+        return current
 
 
 class PairTransform:
@@ -156,13 +176,19 @@ class PairTransform:
     def __init__(self, ground_size: tuple[int, int], aerial_size: tuple[int, int], augment: AugmentConfig) -> None:
         (gh, gw), (ah, aw) = ground_size, aerial_size
         self.ground_size, self.aerial_size, self.augment = (gh, gw), (ah, aw), augment
+        self.fovs = augment.fovs_at(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move to the curriculum stage of ``epoch``."""
+        self.fovs = self.augment.fovs_at(epoch)
 
     def ground(self, image: Image.Image, rng: np.random.Generator, train: bool) -> tuple[torch.Tensor, float | None]:
         """Ground input and the shift fraction applied (None when a FoV crop replaced the panorama)."""
         aug = self.augment
-        crop = bool(aug.fov_deg) and (rng.random() < aug.fov_prob if train else aug.fov_prob >= 1.0)
-        if crop:
-            fov = float(aug.fov_deg[int(rng.integers(len(aug.fov_deg)))])
+        fovs = self.fovs if train else aug.fov_deg
+        crop = bool(fovs) and (rng.random() < aug.fov_prob if train else aug.fov_prob >= 1.0)
+        fov = float(fovs[int(rng.integers(len(fovs)))]) if crop else 360.0
+        if crop and fov < 360.0:
             heading = float(rng.uniform(0.0, 360.0))
             view = fov_crop(image, fov, heading)
             known = heading if aug.fov_heading_known else None
@@ -194,6 +220,8 @@ class PairTransform:
         g, shift = self.ground(ground, rng, train)
         a = self.aerial(aerial, shift)
         if train and self.augment.jitter > 0:
+            blank = (g == 0).all(dim=0).all(dim=0)  # canvas columns with no view stay empty
             g = photometric_jitter(g, self.augment.jitter, rng)
+            g[:, :, blank] = 0.0
             a = photometric_jitter(a, self.augment.jitter, rng)
         return g, a

@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 PATCH_STRIDE = 16
-POOLS = ("gap", "smd")
+POOLS = ("gap", "smd", "sector")
+#: Azimuth sectors of the orientation-aware ``sector`` head (one descriptor per sector, see orientation.py).
+DEFAULT_SECTORS = 8
 SMD_OUTPUT_TOKENS = 8
 SMD_EXPANSION = 4
 
@@ -52,6 +54,7 @@ class ModelConfig:
     ground_size: tuple[int, int] = (128, 512)
     aerial_size: tuple[int, int] = (256, 256)
     preset: str = "custom"
+    sectors: int = DEFAULT_SECTORS  # only used by pool "sector"
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone, dict):
@@ -60,6 +63,10 @@ class ModelConfig:
         object.__setattr__(self, "aerial_size", _check_size("aerial_size", self.aerial_size))
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.pool == "sector":
+            cols = (self.ground_grid[1], self.aerial_grid[1])
+            if self.sectors < 1 or any(c % self.sectors for c in cols):
+                raise ValueError(f"sectors {self.sectors} must divide the token columns of both branches {cols}")
 
     @property
     def ground_grid(self) -> tuple[int, int]:
@@ -73,7 +80,9 @@ class ModelConfig:
 
     @property
     def descriptor_dim(self) -> int:
-        """Length of one descriptor: ``dim`` for GAP, ``8 * dim`` for SMD."""
+        """Length of one descriptor: ``dim`` for GAP, ``8 * dim`` for SMD, ``sectors * dim`` for sector."""
+        if self.pool == "sector":
+            return self.backbone.dim * self.sectors
         return self.backbone.dim * (SMD_OUTPUT_TOKENS if self.pool == "smd" else 1)
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +92,8 @@ class ModelConfig:
         d["backbone"]["stem_strides"] = list(self.backbone.stem_strides)
         d["ground_size"] = list(self.ground_size)
         d["aerial_size"] = list(self.aerial_size)
+        if self.pool != "sector":
+            del d["sectors"]  # models without the sector head keep the config (and fingerprint) they had
         return d
 
     @classmethod

@@ -8,6 +8,7 @@ from torch import nn
 from saig_core.errors import SaigError
 from saig_core.model.backbone import SAIGBackbone
 from saig_core.model.config import ModelConfig, preset_config
+from saig_core.model.orientation import SectorPool, canvas_coverage
 from saig_core.model.pooling import build_pool
 
 
@@ -24,11 +25,18 @@ class Branch(nn.Module):
         h, w = size
         self.size = (h, w)
         self.backbone = SAIGBackbone(cfg.backbone, grid)
-        self.head = build_pool(cfg.pool, grid[0] * grid[1])
+        self.head = SectorPool(grid, cfg.sectors) if cfg.pool == "sector" else build_pool(cfg.pool, grid[0] * grid[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) -> unnormalised descriptors (B, D); inputs are not checked here."""
-        return self.head(self.backbone(x))
+        """Images (B, 3, H, W) -> unnormalised descriptors (B, D); inputs are not checked here.
+
+        A ground branch with a sector head masks its sectors by the canvas coverage of ``x``.
+        """
+        tokens = self.backbone(x)
+        if isinstance(self.head, SectorPool):
+            coverage = canvas_coverage(x, self.head.sectors) if self.name == "ground" else None
+            return self.head(tokens, coverage)
+        return self.head(tokens)
 
 
 class SAIGModel(nn.Module):

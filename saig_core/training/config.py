@@ -18,7 +18,14 @@ import yaml
 
 from saig_core.data.transforms import AugmentConfig
 from saig_core.errors import SaigError
-from saig_core.model.config import BACKBONE_PRESETS, POOLS, BackboneConfig, ModelConfig, preset_config
+from saig_core.model.config import (
+    BACKBONE_PRESETS,
+    DEFAULT_SECTORS,
+    POOLS,
+    BackboneConfig,
+    ModelConfig,
+    preset_config,
+)
 from saig_core.runtime.choices import TRAIN_PRECISIONS
 from saig_core.training.losses import LOSSES
 
@@ -39,16 +46,19 @@ class ModelSection:
     ground_size: tuple[int, int] = (128, 512)
     aerial_size: tuple[int, int] = (256, 256)
     init: str | None = None  # any checkpoint load_checkpoint accepts: project, authors', ImageNet backbone
+    sectors: int = DEFAULT_SECTORS  # pool "sector": azimuth sectors (must divide both token grids' columns)
 
     def model_config(self) -> ModelConfig:
         """The :class:`ModelConfig` this section describes (``backbone`` wins over ``preset``)."""
         if self.backbone is not None:
             return ModelConfig(backbone=BackboneConfig(**self.backbone), pool=self.pool,
                                ground_size=self.ground_size, aerial_size=self.aerial_size,
-                               preset=self.preset or "custom")
+                               preset=self.preset or "custom", sectors=self.sectors)
         if self.preset is None:
             raise ValueError("model.preset is null and no model.backbone is given")
-        return preset_config(self.preset, pool=self.pool, ground_size=self.ground_size, aerial_size=self.aerial_size)
+        cfg = preset_config(self.preset, pool="gap", ground_size=self.ground_size, aerial_size=self.aerial_size)
+        return ModelConfig(backbone=cfg.backbone, pool=self.pool, ground_size=cfg.ground_size,
+                           aerial_size=cfg.aerial_size, preset=cfg.preset, sectors=self.sectors)
 
 
 @dataclass(frozen=True)
@@ -61,9 +71,14 @@ class LossSection:
     temperature: float = 0.02  # info_nce
     symmetric: bool = True  # info_nce: mean of both cross-entropies; false = the authors' single softmax
     authors_unmasked: bool = False  # soft_margin_triplet: reproduce the authors' unmasked diagonal
+    rotation_weight: float = 0.5  # sector losses: weight of the wrong-rotation negatives
 
-    def kwargs(self) -> dict[str, Any]:
+    def kwargs(self, sectors: int = 0) -> dict[str, Any]:
         """The keyword arguments of the chosen loss, for ``build_loss(name, **kwargs)``."""
+        if self.name == "sector_triplet":
+            return {"sectors": sectors, "alpha": self.alpha, "rotation_weight": self.rotation_weight}
+        if self.name == "sector_info_nce":
+            return {"sectors": sectors, "temperature": self.temperature, "rotation_weight": self.rotation_weight}
         if self.name == "soft_margin_triplet":
             return {"alpha": self.alpha, "authors_unmasked": self.authors_unmasked}
         if self.name == "hard_negative_triplet":
@@ -99,6 +114,8 @@ class TrainSection:
     num_workers: int = 4
     eval_batch_size: int = 64
     eval_every: int = 1  # epochs between validation passes (the last epoch is always validated)
+    neighbour_group: int = 0  # > 1: batches of groups of this many neighbouring places of one world (hard negatives)
+    neighbour_min_m: float = 25.0  # places of one group stand at least this far apart
     tensorboard: bool = True
 
 
@@ -230,6 +247,11 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"{src}: data.root is required for data.kind {d.kind}")
     if d.kind == "cvusa" and not d.train:
         raise ConfigError(f"{src}: data.train (e.g. splits/train-19zl.csv) is required for CVUSA")
+    if m.pool == "sector" and not cfg.augment.polar:
+        raise ConfigError(f"{src}: model.pool 'sector' needs augment.polar: true (aerial columns must be azimuths)")
+    if cfg.loss.name.startswith("sector_") != (m.pool == "sector"):
+        raise ConfigError(f"{src}: loss.name {cfg.loss.name!r} does not fit model.pool {m.pool!r} "
+                          "(the sector_* losses are for pool 'sector', and pool 'sector' needs one of them)")
     if cfg.augment.polar and cfg.augment.shift_aerial == "rotate":
         raise ConfigError(f"{src}: augment.shift_aerial 'rotate' is for north-up aerial images, not polar ones")
 

@@ -9,13 +9,15 @@ candidates (columns of ``d``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LOSSES", "build_loss", "hard_negative_triplet", "info_nce", "pair_distances", "soft_margin_triplet"]
+__all__ = ["LOSSES", "build_loss", "hard_negative_triplet", "info_nce", "pair_distances", "sector_loss",
+           "soft_margin_triplet"]
 
-LOSSES = ("soft_margin_triplet", "hard_negative_triplet", "info_nce")
+LOSSES = ("soft_margin_triplet", "hard_negative_triplet", "info_nce", "sector_triplet", "sector_info_nce")
 
 
 def pair_distances(ground: torch.Tensor, aerial: torch.Tensor) -> torch.Tensor:
@@ -96,10 +98,43 @@ def info_nce(
     return F.cross_entropy(torch.cat([a_vs_g, extra], dim=1), target)
 
 
+def sector_loss(ground: torch.Tensor, aerial: torch.Tensor, sectors: int, kind: str = "triplet",
+                alpha: float = 10.0, temperature: float = 0.05, rotation_weight: float = 0.5) -> torch.Tensor:
+    """Loss of an orientation-aware (sector) model; ground descriptors may be masked to a field of view.
+
+    Similarities are the coverage-weighted mean sector similarities (``saig_core.model.orientation``),
+    so views of every width are on one scale. Besides the in-batch negatives (both directions, as in
+    the other losses), each ground view is pushed away from its own aerial rotated by every other
+    whole sector: that is what makes the rotation search (the heading estimate) pick the right one.
+    ``kind`` is ``triplet`` (soft margin, ``alpha``) or ``info_nce`` (``temperature``).
+    """
+    from saig_core.model.orientation import mean_similarity_scale, rotate_sectors
+
+    _check_pairs(ground, aerial)
+    g, a = _f32(ground), _f32(aerial)
+    scale = mean_similarity_scale(g, sectors)
+    sim = (g @ a.t()) * scale[:, None]  # sim[i, j]: ground i against aerial j
+    pos = sim.diagonal()
+    rot = torch.stack([(g * rotate_sectors(a, k, sectors)).sum(1) for k in range(1, sectors)], dim=1) * scale[:, None]
+    b = sim.shape[0]
+    if kind == "info_nce":
+        target = torch.arange(b, device=sim.device)
+        g2a = F.cross_entropy(torch.cat([sim, rot], dim=1) / temperature, target)
+        return (g2a + F.cross_entropy(sim.t() / temperature, target)) / 2
+    off = ~torch.eye(b, dtype=torch.bool, device=sim.device)
+    g2a = F.softplus(2 * alpha * (sim - pos[:, None]))[off].mean()
+    a2g = F.softplus(2 * alpha * (sim - pos[None, :]))[off].mean()
+    rotation = F.softplus(2 * alpha * (rot - pos[:, None])).mean()  # d = 2 - 2 sim, as above
+    return (g2a + a2g) / 2 + rotation_weight * rotation
+
+
 def build_loss(name: str, **kwargs):
     """The loss function ``name`` (one of :data:`LOSSES`) with its keyword arguments bound."""
-    fns = {"soft_margin_triplet": soft_margin_triplet, "hard_negative_triplet": hard_negative_triplet,
-           "info_nce": info_nce}
+    fns: dict[str, Callable[..., torch.Tensor]] = {
+           "soft_margin_triplet": soft_margin_triplet, "hard_negative_triplet": hard_negative_triplet,
+           "info_nce": info_nce,
+           "sector_triplet": lambda g, a, **kw: sector_loss(g, a, kind="triplet", **kw),
+           "sector_info_nce": lambda g, a, **kw: sector_loss(g, a, kind="info_nce", **kw)}
     if name not in fns:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     fn = fns[name]

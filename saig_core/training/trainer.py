@@ -43,6 +43,7 @@ from saig_core.model.saig_model import SAIGModel
 from saig_core.runtime.device import autocast, describe_device
 from saig_core.runtime.progress import Reporter
 from saig_core.training import distributed as D
+from saig_core.training.batches import neighbour_batches
 from saig_core.training.config import ConfigError, TrainConfig
 from saig_core.training.evaluate import retrieval_metrics
 from saig_core.training.losses import build_loss
@@ -230,7 +231,8 @@ class Trainer:
         self.schedule = CosineSchedule(self.optimizer, t.epochs * self.steps_per_epoch, cfg.optim.warmup_steps,
                                        cfg.optim.min_lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.step = TrainStep(self.net, self.model, self.optimizer, build_loss(cfg.loss.name, **cfg.loss.kwargs()),
+        self.step = TrainStep(self.net, self.model, self.optimizer,
+                              build_loss(cfg.loss.name, **cfg.loss.kwargs(self.model.cfg.sectors)),
                               self.device, self.precision, cfg.optim.grad_clip, self.scaler, self.ctx)
         self.state = RunState()
         if resume:
@@ -288,6 +290,14 @@ class Trainer:
         self.schedule.step()
         return loss
 
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Random batches, or batches of neighbouring places (``train.neighbour_group``) when positions are known."""
+        t, split = self.cfg.train, self.splits.train
+        if t.neighbour_group > 1 and split.latlon:
+            return neighbour_batches(split.latlon, split.world, t.batch_size, t.neighbour_group, t.seed, epoch,
+                                     t.neighbour_min_m)
+        return epoch_batches(len(self.dataset), t.batch_size, t.seed, epoch)
+
     def evaluate(self, split: CrossViewSplit) -> dict[str, float]:
         """Retrieval metrics of ``split`` (queries and gallery sharded over ranks, gathered, identical everywhere)."""
         t = self.cfg.train
@@ -320,8 +330,7 @@ class Trainer:
         while self.state.epoch < t.epochs:
             epoch = self.state.epoch
             self.dataset.set_epoch(epoch)
-            batches = [b[self.ctx.rank * local:(self.ctx.rank + 1) * local]
-                       for b in epoch_batches(len(self.dataset), t.batch_size, t.seed, epoch)]
+            batches = [b[self.ctx.rank * local:(self.ctx.rank + 1) * local] for b in self._epoch_batches(epoch)]
             loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=t.num_workers,
                                                  pin_memory=self.device.type == "cuda")
             started, losses = time.monotonic(), []
