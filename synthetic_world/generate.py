@@ -103,7 +103,16 @@ def synthesize_world(config: WorldConfig, out: str | Path, plan: PhotoPlan = Pho
     io.write_truth(out / "truth.csv", rows)
     if plan.groups:
         _shoot_groups(world, renderer, config.seed, plan, out / "groups", reporter)
-    summary = {
+    summary = _world_summary(config, world, plan)
+    tmp = out / ".world.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(out / "world.json")
+    return summary
+
+
+def _world_summary(config: WorldConfig, world, plan: PhotoPlan) -> dict:
+    """What world.json records: the config, CRS, bounds, style, what was shot and the conventions."""
+    return {
         "seed": config.seed,
         "config": asdict(config),
         "crs": world.crs,
@@ -125,10 +134,6 @@ def synthesize_world(config: WorldConfig, out: str | Path, plan: PhotoPlan = Pho
         },
         "files": {"orthophoto": "orthophoto.tif", "dsm": "dsm.tif", "truth": "truth.csv", "photos": "photos/"},
     }
-    tmp = out / ".world.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / "world.json")
-    return summary
 
 
 def group_spots(world, groups: int, rng: np.random.Generator) -> np.ndarray:
