@@ -73,6 +73,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "metadata, else an aspect of about 2:1 or wider without a lens focal length)")
     kind.add_argument("--photo", dest="mode", action="store_const", const="photo",
                       help="read every photo as a limited field of view (never a panorama)")
+    p.add_argument("--group", type=_group_rule, default=None, metavar="RULE",
+                   help="also fuse photos taken together into one ranked list per group: 'folder' (one folder), "
+                        "'time:SECONDS' (EXIF times within SECONDS of the previous photo) or 'radius:METRES' (EXIF "
+                        "positions within METRES of the group's first photo; their offsets are used). Each photo's "
+                        "own result is still reported; a group is reported as 'group:...'")
     p.add_argument("--no-heading", dest="ignore_heading", action="store_true",
                    help="ignore EXIF/GPano headings (e.g. an unreliable compass): an orientation-aware model then "
                         "searches every rotation and reports the best as the heading estimate")
@@ -253,6 +258,16 @@ def cmd_photos(args: argparse.Namespace, reporter: Reporter) -> int:
     return 0
 
 
+def _group_rule(text: str) -> str:
+    from tiling.groups import parse_group_rule
+
+    try:
+        parse_group_rule(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def cmd_locate(args: argparse.Namespace, reporter: Reporter) -> int:
     """``saig locate``: rank candidate locations of the photos; exit 1 if any photo failed."""
     from tiling.locate import LocateOptions, locate_photos
@@ -261,6 +276,6 @@ def cmd_locate(args: argparse.Namespace, reporter: Reporter) -> int:
     opts = LocateOptions(index=args.index, checkpoint=args.checkpoint, k=args.k, prior_radius_m=args.prior_radius_m,
                          fov_deg=args.fov_deg, heatmap_dir=args.heatmap_dir, device=args.device,
                          overwrite=args.overwrite, json_lines=args.json or reporter.json, mode=args.mode,
-                         resume=args.resume, ignore_heading=args.ignore_heading)
+                         resume=args.resume, ignore_heading=args.ignore_heading, group=args.group)
     failed = locate_photos(args.photos, args.out, opts, reporter)
     return 1 if failed else 0

@@ -47,7 +47,7 @@ class DemoConfig:
     overviews: int = 6
 
 
-def _saig(args: list[str], log) -> list[dict]:
+def run_saig(args: list[str], log) -> list[dict]:
     """Run ``saig --progress json ARGS``; return its JSON events, or raise with its error.
 
     Progress events are echoed as a one-line counter when stderr is a terminal.
@@ -92,12 +92,12 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    _saig(["synth", "--seed", str(cfg.seed), "--size-m", str(cfg.size_m), "--photos", str(cfg.panoramas),
+    run_saig(["synth", "--seed", str(cfg.seed), "--size-m", str(cfg.size_m), "--photos", str(cfg.panoramas),
            "--fov-photos", str(cfg.fov_photos), "--out", str(world_dir)], log)
     timings["synth_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    built = _saig(["index", "build", str(world_dir / "orthophoto.tif"), "--checkpoint", str(cfg.checkpoint),
+    built = run_saig(["index", "build", str(world_dir / "orthophoto.tif"), "--checkpoint", str(cfg.checkpoint),
                    "--chip-size-m", str(cfg.chip_size_m), "--stride-m", str(cfg.stride_m), "--out", str(index_dir),
                    "--json"], log)
     timings["index_build_s"] = time.perf_counter() - t0
@@ -106,7 +106,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     k_percent = chips // 100 + 1
 
     t0 = time.perf_counter()
-    located = _saig(["locate", str(world_dir / "photos"), "--index", str(index_dir), "-k", str(max(k_percent, 5)),
+    located = run_saig(["locate", str(world_dir / "photos"), "--index", str(index_dir), "-k", str(max(k_percent, 5)),
                      "--out", str(out / "candidates.gpkg"), "--heatmap-dir", str(out / "heatmaps"), "--json"], log)
     timings["locate_s"] = time.perf_counter() - t0
 

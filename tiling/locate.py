@@ -59,6 +59,7 @@ class LocateOptions:
     mode: str = "auto"  # "auto", "panorama" (--panorama) or "photo" (--photo)
     resume: bool = False
     ignore_heading: bool = False  # --no-heading: treat every photo's heading as unknown
+    group: str | None = None  # --group folder|time:SECONDS|radius:METRES (tiling.groups)
 
 
 LoadedIndex = Reference  # an index folder opened for searching: tiling.reference.open_index
@@ -110,7 +111,7 @@ def _run_record(index: LoadedIndex, photos: list[Path], opts: LocateOptions, hea
     return {"index": os.path.realpath(index.dir), "index_count": index.count,
             "model_fingerprint": index.meta["model"]["fingerprint"], "k": opts.k,
             "prior_radius_m": opts.prior_radius_m, "fov_deg": opts.fov_deg, "mode": opts.mode,
-            "ignore_heading": opts.ignore_heading,
+            "ignore_heading": opts.ignore_heading, "group": opts.group,
             "heatmap_dir": os.path.realpath(heat_dir) if heat_dir else None, "photos": len(photos),
             "photos_sha256": photo_list_digest(photos)}
 
@@ -166,6 +167,8 @@ def _run(photos: list[Path], out: Path, step: _Steps) -> tuple[int, int]:
         if heat:
             heat.remove_if_empty()
         raise
+    if opts.group:
+        step.record_groups(journal)
     written = journal.publish()
     if heat:
         heat.remove_if_empty()
@@ -184,6 +187,7 @@ class _Steps:
                  opts: LocateOptions, reporter: Reporter) -> None:
         self.index, self.encoder, self.ground, self.heat = index, encoder, ground, heat
         self.opts, self.reporter = opts, reporter
+        self.members: list = []  # tiling.groups.Member of each located photo when grouping
 
     def locate(self, path: Path, journal: ResultJournal) -> bool:
         """Locate one photo and commit it; False (reported) when it failed."""
@@ -193,6 +197,10 @@ class _Steps:
             hits = scaled(self.search(photo, oq.q), oq.scale)
             heat_path = self.heatmap(photo, hits)
             self.record(photo, hits, heat_path, journal, oq)
+            if self.opts.group:
+                from tiling.groups import make_member
+
+                self.members.append(make_member(photo.path, photo.exif, hits, float(self.index.meta["grid"]["stride"])))
         except (PhotoError, SaigError) as e:
             _fail(self.reporter, self.opts, path, str(e))
             return False
@@ -260,9 +268,46 @@ class _Steps:
         if opts.prior_radius_m is not None and position is None:
             self.reporter.log(f"{photo.path}: no usable EXIF GPS position; searching all chips (no prior)", "warning")
         try:
-            return query(self.index, q, opts.k, position, opts.prior_radius_m, heatmap=self.heat is not None)
+            return query(self.index, q, opts.k, position, opts.prior_radius_m,
+                         heatmap=self.heat is not None or opts.group is not None)
         except SaigError as e:
             raise SaigError(f"{photo.path}: {e}") from None
+
+    def record_groups(self, journal: ResultJournal) -> None:
+        """Each group of two or more located photos fused into one ranked list (``tiling.groups``), recorded as a
+        'photo' named ``group:...`` whose candidates are places for the group's mean position."""
+        from tiling.groups import assign_groups, fuse, group_name, parse_group_rule
+
+        stride = float(self.index.meta["grid"]["stride"])
+        for group in assign_groups(self.members, parse_group_rule(str(self.opts.group))):
+            if len(group) < 2:
+                continue
+            keys, scores = fuse(group, stride, self.opts.k)
+            chips = self.index.chips_in_window(_key_bounds(keys, stride))
+            by_key = {(round(float(x) / stride), round(float(y) / stride)): n
+                      for n, (x, y) in enumerate(zip(chips.x, chips.y, strict=True))}
+            keep = [n for n, key in enumerate(keys) if key in by_key]
+            found = chips.take(np.asarray([by_key[keys[n]] for n in keep], dtype=np.int64))
+            name = group_name(group)
+            cands = [{"photo": name, "rank": r + 1, "score": float(scores[n]), "chip_id": str(found.chip_id[r]),
+                      "faiss_id": int(found.faiss_id[r]), "lon": float(found.lon[r]), "lat": float(found.lat[r]),
+                      "x": float(found.x[r]), "y": float(found.y[r]), "distance_m": None, "grid_crs": self.index.crs,
+                      "heading_deg": None, "heading_estimated": 0} for r, n in enumerate(keep)]
+            lons = [m.lon for m in group if m.lon is not None]
+            lats = [m.lat for m in group if m.lat is not None]
+            row = {"photo_key": name, "photo": name, "lon": float(np.mean(lons)) if lons else None,
+                   "lat": float(np.mean(lats)) if lats else None, "input": "group",
+                   "input_reason": f"--group {self.opts.group}: " + ", ".join(str(m.path) for m in group),
+                   "top1_chip_id": cands[0]["chip_id"] if cands else None,
+                   "top1_lon": cands[0]["lon"] if cands else None, "top1_lat": cands[0]["lat"] if cands else None,
+                   "top1_score": cands[0]["score"] if cands else None}
+            result = {"photo": name, "group": [str(m.path) for m in group],
+                      "candidates": [{k: c[k] for k in CANDIDATE_RESULT_FIELDS} for c in cands]}
+            journal.record(row, cands, result)
+            if self.opts.json_lines:
+                self.reporter.emit("result", **result)
+            else:
+                self.reporter.log(f"{name}: {len(group)} photos fused; top-1 {cands[0]['chip_id'] if cands else '-'}")
 
     def heatmap(self, photo: Photo, hits: QueryResult) -> Path | None:
         """The photo's heatmap GeoTIFF over the scored chips (when asked), under its unique name."""
@@ -295,6 +340,13 @@ class _Steps:
             dist = f", {top['distance_m']:.0f} m from EXIF" if top["distance_m"] is not None else ""
             self.reporter.log(f"{path}: top-1 {top['chip_id']} at {top['lat']:.6f}, {top['lon']:.6f} "
                               f"(score {top['score']:.3f}{dist})")
+
+
+def _key_bounds(keys: list[tuple[int, int]], stride: float) -> tuple[float, float, float, float]:
+    """Grid-CRS bounds around chip centres given in stride units (half a stride of margin)."""
+    xs = [k[0] * stride for k in keys] or [0.0]
+    ys = [k[1] * stride for k in keys] or [0.0]
+    return (min(xs) - stride / 2, min(ys) - stride / 2, max(xs) + stride / 2, max(ys) + stride / 2)
 
 
 def scaled(hits: QueryResult, scale: float) -> QueryResult:

@@ -1,0 +1,149 @@
+"""Photo groups: several photos taken together, fused into one heatmap and one ranked list.
+
+``saig locate --group RULE`` groups the run's photos by ``folder`` (photos of one folder), by
+``time:SECONDS`` (EXIF times no further apart than SECONDS from the previous photo) or by
+``radius:METRES`` (EXIF positions within METRES of the group's first photo). Each photo is still located
+and reported on its own; then each group of two or more is fused: a candidate place ``c`` for the group
+(the mean of its photos' positions) scores the mean, over its photos, of each photo's score at the chip
+nearest ``c`` plus that photo's EXIF offset from the group's mean position (no offset when a photo has no
+position). Photos that agree on one place reinforce it; a look-alike seen by one photo only is averaged
+down. Scores come from each photo's heatmap scores (every chip of an index of up to
+``tiling.reference.HEAT_ALL_MAX`` chips, else the neighbourhoods of its best candidates).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from saig_core.errors import SaigError
+
+RULES = ("folder", "time", "radius")
+METRES_PER_DEGREE = 111_320.0
+
+
+@dataclass(frozen=True)
+class GroupRule:
+    """How photos are grouped: ``kind`` in :data:`RULES` and its threshold (seconds or metres)."""
+
+    kind: str
+    value: float = 0.0
+
+
+def parse_group_rule(text: str) -> GroupRule:
+    """``folder``, ``time:SECONDS`` or ``radius:METRES`` -> a :class:`GroupRule` (ValueError naming the problem)."""
+    kind, _, value = text.partition(":")
+    if kind == "folder" and not value:
+        return GroupRule("folder")
+    if kind in ("time", "radius"):
+        try:
+            v = float(value)
+        except ValueError:
+            raise ValueError(f"--group {text!r}: {kind} needs a number, e.g. {kind}:60") from None
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"--group {text!r}: the {kind} threshold must be positive")
+        return GroupRule(kind, v)
+    raise ValueError(f"--group {text!r}: expected folder, time:SECONDS or radius:METRES")
+
+
+@dataclass
+class Member:
+    """One located photo of a group: its path, EXIF position and time, and its scores per chip centre."""
+
+    path: Path
+    lon: float | None
+    lat: float | None
+    time: _dt.datetime | None
+    scores: dict[tuple[int, int], float] = field(default_factory=dict)
+    floor: float = 0.0
+
+
+def _timestamp(date: str | None) -> _dt.datetime | None:
+    if not date:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(date.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def make_member(path: Path, exif, hits, stride: float) -> Member:
+    """A group member from a photo's EXIF and its heatmap scores (keyed by chip centre in stride units)."""
+    m = Member(path, exif.lon, exif.lat, _timestamp(exif.date))
+    chips, scores = (hits.heat_chips, hits.heat_scores) if hits.heat_chips is not None else (hits.chips, hits.scores)
+    for x, y, s in zip(chips.x, chips.y, scores, strict=True):
+        m.scores[(round(float(x) / stride), round(float(y) / stride))] = float(s)
+    m.floor = float(np.min(scores)) if len(scores) else 0.0
+    return m
+
+
+def assign_groups(members: list[Member], rule: GroupRule) -> list[list[Member]]:
+    """The groups of ``members`` under ``rule`` (a photo lacking what the rule needs is a group of its own)."""
+    if rule.kind == "folder":
+        by: dict[Path, list[Member]] = {}
+        for m in members:
+            by.setdefault(m.path.parent, []).append(m)
+        return list(by.values())
+    if rule.kind == "time":
+        timed = sorted((m for m in members if m.time is not None), key=lambda m: m.time)  # type: ignore[arg-type,return-value]
+        groups: list[list[Member]] = []
+        for m in timed:
+            last = groups[-1][-1].time if groups else None
+            if last is not None and m.time is not None and abs((m.time - last).total_seconds()) <= rule.value:
+                groups[-1].append(m)
+            else:
+                groups.append([m])
+        return groups + [[m] for m in members if m.time is None]
+    placed: list[list[Member]] = []
+    for m in members:
+        if m.lon is None or m.lat is None:
+            placed.append([m])
+            continue
+        home = next((g for g in placed if g[0].lon is not None and _metres(g[0], m) <= rule.value), None)
+        if home is None:
+            placed.append([m])
+        else:
+            home.append(m)
+    return placed
+
+
+def _offset(m: Member, lon0: float, lat0: float) -> tuple[float, float]:
+    """East/north metres of a member from (lon0, lat0) (local plane; 0 without a position)."""
+    if m.lon is None or m.lat is None:
+        return 0.0, 0.0
+    return ((m.lon - lon0) * METRES_PER_DEGREE * math.cos(math.radians(lat0)), (m.lat - lat0) * METRES_PER_DEGREE)
+
+
+def _metres(a: Member, b: Member) -> float:
+    dx, dy = _offset(b, float(a.lon), float(a.lat))  # type: ignore[arg-type]
+    return math.hypot(dx, dy)
+
+
+def group_name(group: list[Member]) -> str:
+    """A readable, stable name: the common folder and the first photo's name."""
+    return f"group:{group[0].path.parent.name}/{group[0].path.name}+{len(group) - 1}"
+
+
+def fuse(group: list[Member], stride: float, k: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """The group's top-k chip keys (stride units, for the group's mean position) and their fused scores."""
+    if not group:
+        raise SaigError("an empty photo group cannot be fused")
+    placed = [m for m in group if m.lon is not None and m.lat is not None]
+    lon0 = float(np.mean([m.lon for m in placed])) if placed else 0.0
+    lat0 = float(np.mean([m.lat for m in placed])) if placed else 0.0
+    shifts = [tuple(round(v / stride) for v in _offset(m, lon0, lat0)) if placed else (0, 0) for m in group]
+    keys = set().union(*(m.scores for m in group))
+    cells = sorted({(kx - sx, ky - sy) for m, (sx, sy) in zip(group, shifts, strict=True)
+                    for kx, ky in m.scores if (kx, ky) in keys})
+    fused = np.zeros(len(cells))
+    for m, (sx, sy) in zip(group, shifts, strict=True):
+        fused += np.asarray([m.scores.get((cx + sx, cy + sy), m.floor) for cx, cy in cells])
+    fused /= len(group)
+    order = np.argsort(-fused, kind="stable")[:k]
+    return [cells[i] for i in order], fused[order]
+
+
+__all__ = ["RULES", "GroupRule", "Member", "assign_groups", "fuse", "group_name", "make_member", "parse_group_rule"]
