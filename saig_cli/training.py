@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from saig_core.errors import SaigError
 from saig_core.runtime.args import add_device_arg, output_dir, positive_int
 from saig_core.runtime.progress import Reporter
 
@@ -44,10 +45,29 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> int:
     from saig_core.training.trainer import train
 
     cfg = load_config(args.config, args.set)
+    _generate_missing_pairs(cfg, reporter)
     report = train(cfg, args.out, reporter, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
     if report is not None:
         _print_result(report, reporter)
     return 0
+
+
+def _generate_missing_pairs(cfg, reporter: Reporter) -> None:
+    """A config with ``data.generate`` whose ``data.train`` CSV does not exist yet: make those synthetic pairs."""
+    from pathlib import Path
+
+    from synthetic_world.generate import synthesize_pairs
+
+    gen, train_csv = cfg.data.generate, cfg.data.train
+    if not gen or cfg.data.kind != "pairs_csv" or train_csv is None or Path(train_csv).is_file():
+        return
+    if Path(train_csv).name != "pairs.csv":
+        raise SaigError(f"{cfg.source}: data.generate writes a pairs.csv; data.train names {train_csv}")
+    seeds = [int(s) for s in gen.get("seeds", [1])]
+    reporter.log(f"{train_csv} not found: generating {gen.get('pairs', 200)} pairs per world from seeds {seeds} "
+                 "(data.generate)")
+    synthesize_pairs(seeds, Path(train_csv).parent, int(gen.get("pairs", 200)), size_m=float(gen.get("size_m", 600)),
+                     reporter=reporter)
 
 
 def cmd_eval(args: argparse.Namespace, reporter: Reporter) -> int:

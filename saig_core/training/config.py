@@ -131,6 +131,7 @@ class DataSection:
     val_fraction: float = 0.1
     vigor_mode: str = "same_area"
     cities: tuple[str, ...] | None = None
+    generate: dict | None = None  # pairs_csv {seeds, pairs, size_m}: synthetic pairs made when data.train is missing
     # ground metres spanned by one aerial image's side; recorded in checkpoints so that `saig index build`
     # cuts chips of the same footprint (64 for the synthetic worlds' chips)
     aerial_footprint_m: float | None = None
