@@ -70,6 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size-m", type=positive_finite_float, default=2000.0, help="world side in metres (default 2000)")
     p.add_argument("--photos", type=non_negative_int, default=200, help="360° panoramas (default 200)")
     p.add_argument("--fov-photos", type=non_negative_int, default=50, help="90° photos (default 50)")
+    p.add_argument("--group-photos", type=non_negative_int, default=4,
+                   help="groups of 4 spots within 40 m, each located as a panorama group and a photo group (default 4)")
     p.add_argument("--stride-m", type=positive_finite_float, default=16.0,
                    help="index chip stride in metres (default 16)")
     p.add_argument("--hit-radius-m", type=positive_finite_float, default=25.0,
@@ -133,8 +135,8 @@ def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> int:
     from synthetic_world.demo import DemoConfig, format_table, run_demo
 
     cfg = DemoConfig(out=Path(args.out), checkpoint=Path(args.checkpoint), seed=args.seed, size_m=args.size_m,
-                     panoramas=args.photos, fov_photos=args.fov_photos, stride_m=args.stride_m,
-                     hit_radius_m=args.hit_radius_m)
+                     panoramas=args.photos, fov_photos=args.fov_photos, groups=args.group_photos,
+                     stride_m=args.stride_m, hit_radius_m=args.hit_radius_m)
     report = run_demo(cfg, log=reporter.log)
     if args.json or reporter.json:
         reporter.emit("result", **report)

@@ -27,7 +27,9 @@ from synthetic_world import io, ownership
 
 #: What ``saig demo`` writes into its folder (recorded in ``.saig-demo.json``; see :mod:`synthetic_world.ownership`).
 DEMO_ENTRIES = ("world", "index", ".index.partial", "candidates.gpkg", ".candidates.gpkg.partial", "heatmaps",
-                "overviews", "per_photo.json", "report.json")
+                "overviews", "per_photo.json", "report.json", "candidates_no_heading.gpkg",
+                ".candidates_no_heading.gpkg.partial", "groups_pano.gpkg", ".groups_pano.gpkg.partial",
+                "groups_photo.gpkg", ".groups_photo.gpkg.partial")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class DemoConfig:
     size_m: float = 2000.0
     panoramas: int = 200
     fov_photos: int = 50
+    groups: int = 4                  # groups of 4 spots within 40 m, shot as panoramas and as 90-degree photos
     chip_size_m: float = 64.0
     stride_m: float = 16.0
     hit_radius_m: float = 25.0
@@ -93,7 +96,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
 
     t0 = time.perf_counter()
     run_saig(["synth", "--seed", str(cfg.seed), "--size-m", str(cfg.size_m), "--photos", str(cfg.panoramas),
-           "--fov-photos", str(cfg.fov_photos), "--out", str(world_dir)], log)
+           "--fov-photos", str(cfg.fov_photos), "--group-photos", str(cfg.groups), "--out", str(world_dir)], log)
     timings["synth_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -114,6 +117,9 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     results = {Path(e["photo"]).name: e for e in located if e.get("event") == "result" and "photo" in e}
     meta = json.loads((world_dir / "world.json").read_text())
     scored = score_photos(truth, results, meta["crs"], cfg.hit_radius_m, k_percent)
+    t0 = time.perf_counter()
+    extra = _extra_cases(cfg, world_dir, index_dir, truth, meta["crs"], k_percent, log)
+    timings["locate_no_heading_and_groups_s"] = time.perf_counter() - t0
     chance = math.pi * cfg.hit_radius_m ** 2 / cfg.stride_m ** 2 / chips
 
     t0 = time.perf_counter()
@@ -131,7 +137,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         "hit_definition": f"a top-k candidate chip centre within {cfg.hit_radius_m:g} m of the true position",
         "chance_r1": chance,
         "chance_r1_percent": min(1.0, chance * k_percent),
-        "metrics": {kind: summarize(rows, chance) for kind, rows in _by_kind(scored).items()},
+        "metrics": {kind: summarize(rows, chance) for kind, rows in {**_by_kind(scored), **extra}.items() if rows},
         "photos_failed": sorted(set(truth) - set(results)),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "outputs": {"candidates": "candidates.gpkg", "heatmaps": "heatmaps/", "overviews": overview_files,
@@ -140,6 +146,48 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     (out / "per_photo.json").write_text(json.dumps(scored, indent=1))
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def locate_results(args: list[str], index: Path, k: int, out: Path, log) -> dict:
+    """``saig locate ARGS --json`` against ``index``: its result events by photo (groups as ``group:...``)."""
+    events = run_saig(["locate", *args, "--index", str(index), "-k", str(k), "--out", str(out), "--json"], log)
+    return {e["photo"]: e for e in events if e.get("event") == "result" and "photo" in e}
+
+
+def score_groups(world_dir: Path, results: dict, folders: list[Path], crs: str, radius: float,
+                 k_percent: int) -> list[dict]:
+    """Scored fused results of photo groups (``groups/<kind>_gNNN``): a hit is within ``radius`` of the group's
+    mean true position."""
+    gtruth = io.read_truth(world_dir / "groups" / "truth.csv")
+    truth, found = {}, {}
+    for f in folders:
+        members = [t for t in gtruth if t.file.startswith(f.name + "/")]
+        key = next((p for p in results if p.startswith(f"group:{f.name}/")), None)
+        if key is None or not members:
+            continue
+        mean = {a: float(np.mean([getattr(t, a) for t in members])) for a in ("lon", "lat", "x", "y")}
+        truth[f.name] = io.TruthRow(file=f.name, heading=0.0, kind=members[0].kind, **mean)
+        found[f.name] = results[key]
+    return score_photos(truth, found, crs, radius, k_percent)
+
+
+def _extra_cases(cfg: DemoConfig, world_dir: Path, index: Path, truth: dict, crs: str, k_percent: int,
+                 log) -> dict[str, list[dict]]:
+    """The photos again without their headings, and the photo groups fused (``--group folder``)."""
+    k = max(k_percent, 5)
+    out: dict[str, list[dict]] = {}
+    photos = [str(world_dir / "photos" / n) for n, t in truth.items() if t.kind == "photo"]
+    if photos:
+        res = locate_results([*photos, "--no-heading"], index, k, cfg.out / "candidates_no_heading.gpkg", log)
+        out["photo_90deg_no_heading"] = score_photos(truth, {Path(p).name: e for p, e in res.items()}, crs,
+                                                     cfg.hit_radius_m, k_percent)
+    for kind, case in (("pano", "group_panorama"), ("photo", "group_photo")):
+        folders = sorted((world_dir / "groups").glob(f"{kind}_g*"))
+        if folders:
+            res = locate_results([*map(str, folders), "--group", "folder"], index, k,
+                                 cfg.out / f"groups_{kind}.gpkg", log)
+            out[case] = score_groups(world_dir, res, folders, crs, cfg.hit_radius_m, k_percent)
+    return out
 
 
 def score_photos(truth: dict, results: dict, crs: str, radius: float, k_percent: int) -> list[dict]:

@@ -51,12 +51,15 @@ def test_demo_runs_the_whole_product_and_reports_what_it_measured(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("the user's")  # not the demo's: never deleted
     proc = subprocess.run([sys.executable, "-m", "saig_core", "demo", "--out", str(out), "--checkpoint", str(ckpt),
-                           "--size-m", "300", "--photos", "3", "--fov-photos", "2", "--stride-m", "32"],
+                           "--size-m", "400", "--photos", "3", "--fov-photos", "2", "--stride-m", "32",
+                           "--group-photos", "1"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "R@1%" in proc.stdout and "panorama" in proc.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["metrics"]["panorama"]["count"] == 3 and report["metrics"]["photo_90deg"]["count"] == 2
+    assert report["metrics"]["photo_90deg_no_heading"]["count"] == 2  # the same photos, headings ignored
+    assert report["metrics"]["group_panorama"]["count"] == 1 and report["metrics"]["group_photo"]["count"] == 1
     assert report["chips"] > 0 and report["k_for_r1_percent"] == report["chips"] // 100 + 1
     for m in report["metrics"].values():
         assert 0 <= m["R@1"] <= m["R@5"] <= 1 and m["median_error_m"] >= 0
