@@ -50,7 +50,7 @@ def measure_world(world: Path, checkpoint: str, work: Path) -> dict[str, list[di
     import json
 
     from synthetic_world import io
-    from synthetic_world.demo import run_saig, score_photos
+    from synthetic_world.demo import run_saig, score_groups, score_photos
 
     quiet = lambda *_: None  # noqa: E731
     index = work / "index"
@@ -77,24 +77,10 @@ def measure_world(world: Path, checkpoint: str, work: Path) -> dict[str, list[di
     photos = [str(world / "photos" / n) for n, t in truth.items() if t.kind == "photo"]
     no_heading = score_photos(truth, by_name(located([*photos, "--no-heading"], "b.gpkg")), crs, HIT_M, k_pct)
     rows["photo_90deg_no_heading"] = no_heading
-    gtruth = io.read_truth(world / "groups" / "truth.csv")
-    for kind in ("pano", "photo"):
+    for kind, case in (("pano", "group_panorama"), ("photo", "group_photo")):
         folders = sorted((world / "groups").glob(f"{kind}_g*"))
         res = located([*map(str, folders), "--group", "folder"], f"g{kind}.gpkg")
-        group_truth = {}
-        group_results = {}
-        for f in folders:
-            members = [t for t in gtruth if t.file.startswith(f.name + "/")]
-            key = next((p for p in res if p.startswith(f"group:{f.name}/")), None)
-            if key is None or not members:
-                continue
-            group_truth[f.name] = io.TruthRow(file=f.name, lon=float(np.mean([t.lon for t in members])),
-                                              lat=float(np.mean([t.lat for t in members])),
-                                              x=float(np.mean([t.x for t in members])),
-                                              y=float(np.mean([t.y for t in members])), heading=0.0, kind=kind)
-            group_results[f.name] = res[key]
-        rows[f"group_{'panorama' if kind == 'pano' else 'photo'}"] = score_photos(group_truth, group_results, crs,
-                                                                                 HIT_M, k_pct)
+        rows[case] = score_groups(world, res, folders, crs, HIT_M, k_pct)
     rows["_chips"] = [{"chips": chips}]
     return rows
 
