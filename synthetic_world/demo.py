@@ -248,9 +248,9 @@ def summarize(rows: list[dict], chance: float) -> dict:
 
 def format_table(report: dict) -> str:
     """The demo report as a fixed-width text table: metrics per photo kind, then chips, hit rule and timings."""
-    lines = [f"{'photos':<12}{'n':>5}{'R@1':>8}{'R@5':>8}{'R@1%':>8}{'x chance':>10}{'median m':>10}{'p90 m':>9}"]
+    lines = [f"{'photos':<24}{'n':>5}{'R@1':>8}{'R@5':>8}{'R@1%':>8}{'x chance':>10}{'median m':>10}{'p90 m':>9}"]
     for kind, m in report["metrics"].items():
-        lines.append(f"{kind:<12}{m['count']:>5}{m['R@1']:>8.3f}{m['R@5']:>8.3f}{m['R@1%']:>8.3f}"
+        lines.append(f"{kind:<24}{m['count']:>5}{m['R@1']:>8.3f}{m['R@5']:>8.3f}{m['R@1%']:>8.3f}"
                      f"{m['R@1_over_chance']:>10.1f}{m['median_error_m']:>10.1f}{m['p90_error_m']:>9.1f}")
     t = report["timings_s"]
     lines.append(f"{report['chips']} chips (R@1% = top {report['k_for_r1_percent']}), hit = "
