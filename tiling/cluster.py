@@ -143,7 +143,7 @@ def connected(address: str, reporter: Reporter) -> Iterator[dict]:
         ctx.enable_progress_bars = False
         resources = ray.cluster_resources()
         reporter.log(f"Ray cluster {address}: {int(resources.get('CPU', 0))} CPUs, {int(resources.get('GPU', 0))} "
-                     f"GPUs, {len(ray.nodes())} node(s)")
+                     f"GPUs, {sum(1 for n in ray.nodes() if n.get('Alive'))} node(s)")
         yield resources
     finally:
         ray.shutdown()
