@@ -47,6 +47,14 @@ def dock():
     bar.clearWidgets()  # a message bar destroyed with items still shown crashes under pytest (sip)
 
 
+def run_dock(dock, results_dir, timeout: float):
+    """Click Run with results written to ``results_dir``; wait for run_finished and return (ok, text)."""
+    dock.results_dir.setFilePath(str(results_dir))
+    finished = SignalRecorder(dock.run_finished)
+    dock.run_button.click()
+    return finished.wait(timeout)
+
+
 def backend_children(command: bytes = b"locate") -> list:
     """Process ids of running `python -m saig_core ... COMMAND` children of this process (the dock's own
     background questions, such as backend-info for the checkpoint's chip size, are not the run)."""
@@ -235,10 +243,7 @@ def test_a_failing_run_shows_the_reason_and_adds_no_layer(dock, world, tmp_path)
     dock.checkpoint.setFilePath(str(world.other_checkpoint))
     set_photos(dock, world.photos[:1])
     dock.device.setCurrentIndex(2)
-    dock.results_dir.setFilePath(str(tmp_path))
-    finished = SignalRecorder(dock.run_finished)
-    dock.run_button.click()
-    ok, text = finished.wait(60)
+    ok, text = run_dock(dock, tmp_path, timeout=60)
     assert not ok and "fingerprint" in text.lower()
     assert "fingerprint" in message_texts(dock).lower()
     assert QgsProject.instance().count() == 0 and os.listdir(tmp_path) == []
@@ -254,10 +259,7 @@ def test_a_killed_backend_is_reported_as_probably_out_of_memory_and_adds_nothing
     dock.index_dir.setFilePath(str(world.index))
     set_photos(dock, world.photos[:1])
     results = tmp_path / "results"
-    dock.results_dir.setFilePath(str(results))
-    finished = SignalRecorder(dock.run_finished)
-    dock.run_button.click()
-    ok, text = finished.wait(60)
+    ok, text = run_dock(dock, results, timeout=60)
     assert not ok and "probably out of memory" in text
     assert "probably out of memory" in message_texts(dock)
     assert QgsProject.instance().count() == 0 and os.listdir(results) == []
@@ -329,10 +331,7 @@ def test_a_folder_of_photos_is_located_recursively_through_the_dock(dock, world,
     assert dock.photos.filePath() == f'"{trip}"'
     dock.top_k.setValue(1)
     dock.device.setCurrentIndex(2)
-    dock.results_dir.setFilePath(str(tmp_path / "results"))
-    finished = SignalRecorder(dock.run_finished)
-    dock.run_button.click()
-    ok, text = finished.wait(120)
+    ok, text = run_dock(dock, tmp_path / "results", timeout=120)
     assert ok, text
     assert text.startswith("2 photo(s) located")
     assert {f["photo"] for f in dock.candidates_layer.getFeatures()} == {str(trip / "day1" / "morning" / "a.jpg"),
