@@ -190,6 +190,7 @@ def main() -> None:
                      "python benchmarks/search_scale.py" + ("" if full else f" --count {args.count}"),
                      "full" if full else "quick")
     parent = Path(args.workdir or tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
     need = int(3.2 * args.count * DIM)
     free = shutil.disk_usage(parent).free
     if free < need:
