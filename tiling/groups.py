@@ -127,23 +127,43 @@ def group_name(group: list[Member]) -> str:
     return f"group:{group[0].path.parent.name}/{group[0].path.name}+{len(group) - 1}"
 
 
-def fuse(group: list[Member], stride: float, k: int) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """The group's top-k chip keys (stride units, for the group's mean position) and their fused scores."""
+def group_names(groups: list[list[Member]]) -> list[str]:
+    """:func:`group_name` of each group, made unique with `` #2``, `` #3``... in order (two folders of one name,
+    ``2025/day1`` and ``2026/day1``, may both start with ``IMG_0001.jpg``): each group is recorded under its own."""
+    names: list[str] = []
+    for group in groups:
+        base = name = group_name(group)
+        n = 1
+        while name in names:
+            n += 1
+            name = f"{base} #{n}"
+        names.append(name)
+    return names
+
+
+def fused_cells(group: list[Member], stride: float) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Every cell any photo of ``group`` scored (chip keys in stride units, for the group's mean position) and
+    its fused score: the mean over the photos of each one's score at the cell plus its EXIF offset (its
+    lowest score where it scored no chip). Cells in key order."""
     if not group:
         raise SaigError("an empty photo group cannot be fused")
     placed = [m for m in group if m.lon is not None and m.lat is not None]
     lon0 = float(np.mean([m.lon for m in placed])) if placed else 0.0
     lat0 = float(np.mean([m.lat for m in placed])) if placed else 0.0
     shifts = [tuple(round(v / stride) for v in _offset(m, lon0, lat0)) if placed else (0, 0) for m in group]
-    keys = set().union(*(m.scores for m in group))
-    cells = sorted({(kx - sx, ky - sy) for m, (sx, sy) in zip(group, shifts, strict=True)
-                    for kx, ky in m.scores if (kx, ky) in keys})
+    cells = sorted({(kx - sx, ky - sy) for m, (sx, sy) in zip(group, shifts, strict=True) for kx, ky in m.scores})
     fused = np.zeros(len(cells))
     for m, (sx, sy) in zip(group, shifts, strict=True):
         fused += np.asarray([m.scores.get((cx + sx, cy + sy), m.floor) for cx, cy in cells])
-    fused /= len(group)
+    return cells, fused / len(group)
+
+
+def fuse(group: list[Member], stride: float, k: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """The group's top-k cells of :func:`fused_cells` and their fused scores, best first."""
+    cells, fused = fused_cells(group, stride)
     order = np.argsort(-fused, kind="stable")[:k]
     return [cells[i] for i in order], fused[order]
 
 
-__all__ = ["RULES", "GroupRule", "Member", "assign_groups", "fuse", "group_name", "make_member", "parse_group_rule"]
+__all__ = ["RULES", "GroupRule", "Member", "assign_groups", "fuse", "fused_cells", "group_name", "group_names",
+           "make_member", "parse_group_rule"]

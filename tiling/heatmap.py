@@ -10,11 +10,14 @@ one, the max makes it well defined anyway). Pixels without a scored chip are nod
 Names (:func:`heatmap_names`): ``<photo stem>_heatmap.tif``; photos of a run that share a stem
 (``a/IMG_0001.jpg`` and ``b/IMG_0001.jpg``) get their path below the photos' common folder instead,
 ``a__IMG_0001_heatmap.tif`` and ``b__IMG_0001_heatmap.tif`` (and the suffix too if that is still not
-unique), so no heatmap overwrites another and a resumed run names them the same way.
+unique), so no heatmap overwrites another and a resumed run names them the same way. A photo group's
+fused heatmap (``saig locate --group``) is ``group_<folder>_<first photo stem>.tif``
+(:func:`group_heatmap_name`), checked against every other name of the run.
 """
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,9 +47,13 @@ def heatmap_grid(rows: np.ndarray, cols: np.ndarray, grid: dict) -> tuple[object
     return transform, height, width, r0, c0
 
 
+PHOTO_BAND = "similarity (cosine) of the photo to the chip centred on this pixel"
+GROUP_BAND = "fused similarity of the photo group (mean over its photos at their offsets) for this chip"
+
+
 def write_heatmap(path: str | os.PathLike, rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, grid: dict,
-                  crs: str) -> Path:
-    """Write the heatmap GeoTIFF atomically (see the module docstring)."""
+                  crs: str, band: str = PHOTO_BAND) -> Path:
+    """Write the heatmap GeoTIFF atomically (see the module docstring); ``band`` describes its values."""
     import rasterio  # rasterio ships no type information
 
     path = Path(path)
@@ -59,7 +66,7 @@ def write_heatmap(path: str | os.PathLike, rows: np.ndarray, cols: np.ndarray, s
         with rasterio.open(tmp, "w", driver="GTiff", width=width, height=height, count=1, dtype="float32",
                            crs=crs, transform=transform, nodata=NODATA, compress="deflate") as dst:
             dst.write(data, 1)
-            dst.set_band_description(1, "similarity (cosine) of the photo to the chip centred on this pixel")
+            dst.set_band_description(1, band)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -82,6 +89,20 @@ def heatmap_names(photos: Sequence[Path]) -> dict[str, str]:
             for r, n in names.items()}
 
 
+def group_heatmap_name(first_photo: Path, taken: set[str]) -> str:
+    """The heatmap file name of a photo group whose first photo is ``first_photo``:
+    ``group_<folder>_<stem>.tif``, characters other than letters, digits, ``.``, ``-`` and ``_`` made ``_``,
+    with ``_2``, ``_3``... when ``taken`` (the run's photo heatmaps and earlier groups') holds it already. The name
+    is added to ``taken``, so groups named in the same order get the same names (a resumed run)."""
+    base = re.sub(r"[^\w.-]+", "_", f"group_{first_photo.parent.name}_{first_photo.stem}")
+    name, n = f"{base}.tif", 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}.tif"
+    taken.add(name)
+    return name
+
+
 class HeatmapFolder:
     """Where a run's heatmaps go: created when the first one is written; removed at the end when this run
     created it and wrote nothing into it."""
@@ -93,10 +114,14 @@ class HeatmapFolder:
 
     def path_for(self, photo: Path) -> Path:
         """The heatmap path of a photo of the run (the folder is made on first use)."""
+        return self.path_named(self.names[os.path.realpath(photo)])
+
+    def path_named(self, name: str) -> Path:
+        """The path of heatmap file ``name`` in the folder (made on first use)."""
         if not self.dir.is_dir():
             self.dir.mkdir(parents=True, exist_ok=True)
             self._created = True
-        return self.dir / self.names[os.path.realpath(photo)]
+        return self.dir / name
 
     def remove_if_empty(self) -> None:
         """Remove the folder if this run made it and it is empty (nothing was located)."""
