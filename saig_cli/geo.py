@@ -16,6 +16,7 @@ from saig_core.runtime.args import (
     image_size,
     int_range,
     make_parents,
+    non_negative_int,
     output_dir,
     output_file,
     positive_finite_float,
@@ -81,6 +82,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-heading", dest="ignore_heading", action="store_true",
                    help="ignore EXIF/GPano headings (e.g. an unreliable compass): an orientation-aware model then "
                         "searches every rotation and reports the best as the heading estimate")
+    p.add_argument("--refine", type=non_negative_int, default=3, metavar="N",
+                   help="re-score a fine grid around the N best distinct places with aerial views cut from the "
+                        "index's orthophotos: refined position, uncertainty radius (default 3; 0: no refinement)")
+    p.add_argument("--refine-step-m", type=positive_finite_float, default=None,
+                   help="fine grid step in grid-CRS metres (default: the index's stride / 4)")
     add_device_arg(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output GeoPackage (or an unfinished run of it)")
@@ -276,6 +282,7 @@ def cmd_locate(args: argparse.Namespace, reporter: Reporter) -> int:
     opts = LocateOptions(index=args.index, checkpoint=args.checkpoint, k=args.k, prior_radius_m=args.prior_radius_m,
                          fov_deg=args.fov_deg, heatmap_dir=args.heatmap_dir, device=args.device,
                          overwrite=args.overwrite, json_lines=args.json or reporter.json, mode=args.mode,
-                         resume=args.resume, ignore_heading=args.ignore_heading, group=args.group)
+                         resume=args.resume, ignore_heading=args.ignore_heading, group=args.group,
+                         refine=args.refine, refine_step_m=args.refine_step_m)
     failed = locate_photos(args.photos, args.out, opts, reporter)
     return 1 if failed else 0

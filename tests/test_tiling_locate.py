@@ -72,7 +72,9 @@ def test_locate_json_lines_and_geopackage_layers(indexed):
         scores = [c["score"] for c in r["candidates"]]
         assert ranks == [1, 2, 3, 4, 5] and scores == sorted(scores, reverse=True)
         assert set(r["candidates"][0]) == {"rank", "score", "chip_id", "lon", "lat", "x", "y", "grid_crs",
-                                           "distance_m", "heading_deg", "heading_estimated"}
+                                           "distance_m", "heading_deg", "heading_estimated", "confidence",
+                                           "refined_lon", "refined_lat", "refined_x", "refined_y", "refined_score",
+                                           "uncertainty_m"}
     geod = Geod(ellps="WGS84")
     for c in gps["candidates"]:
         assert c["distance_m"] == pytest.approx(geod.inv(lon, lat, c["lon"], c["lat"])[2], abs=1e-3)

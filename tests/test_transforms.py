@@ -134,3 +134,9 @@ def test_augment_config_rejects_bad_values():
     with pytest.raises(ValueError, match="shift_aerial"):
         AugmentConfig(shift_aerial="spin")
     assert AugmentConfig(fov_deg=[90, 180]).fov_deg == (90.0, 180.0)
+
+
+def test_polar_transform_of_a_batch_equals_each_image_transformed_alone():
+    batch = torch.rand(4, 3, 32, 32)
+    one_by_one = torch.stack([polar_transform(image, (16, 64)) for image in batch])
+    assert torch.equal(polar_transform(batch, (16, 64)), one_by_one)

@@ -749,6 +749,49 @@ def _to_rgb8(src: SourceRaster, data: np.ndarray, stretch: list[tuple[float, flo
     return np.ascontiguousarray(np.moveaxis(rgb, 0, -1))
 
 
+def read_area(sources: Sequence[SourceRaster], crs: str, transform, shape: tuple[int, int],
+              stretch: list[tuple[float, float]] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The rasters' mosaic resampled (bilinear) onto one pixel grid: ``transform`` (an Affine, north-up) and
+    ``shape`` (h, w) in ``crs``; returns (h, w, 3) uint8 and the (h, w) validity.
+
+    Each raster is read through a GDAL ``WarpedVRT`` onto exactly that grid (with a warped alpha unless it
+    declares nodata or alpha); as for chips, the first raster given wins per pixel, a raster without any
+    mask treats black as invalid, and bit depth goes through the run's ``stretch``. This is how aerial
+    views at any position are cut on the fly (``tiling.refine``), not from the chip grid.
+    """
+    h, w = shape
+    rgb = np.zeros((h, w, 3), np.uint8)
+    valid = np.zeros((h, w), bool)
+    bounds = (transform.c, transform.f + h * transform.e, transform.c + w * transform.a, transform.f)
+    west, south, east, north = Transformer.from_crs(crs, _WGS84, always_xy=True).transform_bounds(
+        *bounds, densify_pts=5)
+    for src in sources:
+        sw, ss, se, sn = src.lonlat_bounds
+        if sw <= se and west <= east and (se < west or sw > east or sn < south or ss > north):
+            continue  # no overlap (the test is skipped across the antimeridian)
+        ds = src._ds
+        if ds is None:
+            raise RasterError(src.path, "is closed")
+        add_alpha = ds.nodata is None and ColorInterp.alpha not in ds.colorinterp
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), WarpedVRT(
+                    ds, crs=crs, transform=transform, width=w, height=h, resampling=Resampling.bilinear,
+                    add_alpha=add_alpha) as vrt:
+                data = vrt.read(src.bands)
+                mask = vrt.read_masks(src.bands[0]) > 0
+        except READ_ERRORS as e:
+            raise RasterError(src.path, f"cannot be read or reprojected here ({_short(e)})") from None
+        if src.collar_rule:
+            mask &= data.any(axis=0)
+        take = mask & ~valid
+        if take.any():
+            rgb[take] = _to_rgb8(src, data, stretch)[take]
+            valid |= take
+        if valid.all():
+            break
+    return rgb, valid
+
+
 def open_sources(paths: Sequence[str | os.PathLike], on_error=None) -> list[SourceRaster]:
     """Open every raster; a bad one is passed to ``on_error(RasterError)`` (or raised when None)."""
     sources: list[SourceRaster] = []

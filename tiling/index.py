@@ -342,7 +342,7 @@ def encode_chips(encoder, batch: np.ndarray, polar_size: tuple[int, int] | None)
 
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0).sub_(MEAN).div_(STD)
     if polar_size is not None:
-        x = torch.stack([polar_transform(xi, polar_size) for xi in x])
+        x = polar_transform(x, polar_size)
     return encoder.encode("aerial", x).numpy()
 
 
@@ -457,7 +457,8 @@ def _finalise(work: Path, planner: ChipPlanner, params: ChipParams, model, finge
                   "checkpoint": str(Path(opts.checkpoint).resolve())},
         "encoder": encoder_record,
         "faiss": faiss_meta,
-        "sources": [{"path": p, "chips": n} for p, n in per_source.items()],
+        "sources": [{"path": p, "abs_path": os.path.realpath(p), "chips": n} for p, n in per_source.items()],
+        "stretch": [list(band) for band in planner.stretch] if planner.stretch else None,
         "failed_sources": failed_sources,
         "files": {name: sha256_file(work / name) for name in files},
         "file_sizes": {name: (work / name).stat().st_size for name in files},

@@ -22,6 +22,7 @@ with a warning. The model must be the one the index was built with (same fingerp
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from saig_core.errors import SaigError
 from saig_core.runtime.progress import Reporter
+from tiling.assess import POSTERIOR_K, Assessor, query_kind
 from tiling.heatmap import HeatmapFolder, heatmap_names, write_heatmap
 from tiling.orientation import OrientedQuery, is_oriented, rotation_query, single_query
 from tiling.photos import GroundInput, Photo, PhotoError, collect_photos, read_photo
@@ -60,6 +62,8 @@ class LocateOptions:
     resume: bool = False
     ignore_heading: bool = False  # --no-heading: treat every photo's heading as unknown
     group: str | None = None  # --group folder|time:SECONDS|radius:METRES (tiling.groups)
+    refine: int = 3  # --refine N: distinct places refined on a fine grid (0: none; tiling.refine)
+    refine_step_m: float | None = None  # --refine-step-m (default: the index's stride / 4)
 
 
 LoadedIndex = Reference  # an index folder opened for searching: tiling.reference.open_index
@@ -111,7 +115,8 @@ def _run_record(index: LoadedIndex, photos: list[Path], opts: LocateOptions, hea
     return {"index": os.path.realpath(index.dir), "index_count": index.count,
             "model_fingerprint": index.meta["model"]["fingerprint"], "k": opts.k,
             "prior_radius_m": opts.prior_radius_m, "fov_deg": opts.fov_deg, "mode": opts.mode,
-            "ignore_heading": opts.ignore_heading, "group": opts.group,
+            "ignore_heading": opts.ignore_heading, "group": opts.group, "refine": opts.refine,
+            "refine_step_m": opts.refine_step_m,
             "heatmap_dir": os.path.realpath(heat_dir) if heat_dir else None, "photos": len(photos),
             "photos_sha256": photo_list_digest(photos)}
 
@@ -128,11 +133,14 @@ def locate_photos(inputs: list[str], out: str | os.PathLike, opts: LocateOptions
 
     # one query at a time: OpenMP threads only add overhead (benchmarks/search.py: 2.9 vs 8 ms at 1M)
     faiss.omp_set_num_threads(1)
-    with open_index(opts.index) as index:
+    with open_index(opts.index) as index, ExitStack() as stack:
         encoder, ground = load_model_for_index(index, opts.checkpoint, device)
         reporter.log(f"{len(photos)} photo(s) against {index.dir} ({index.count} chips), "
                      f"encoding on {describe_device(device)}")
-        failed, written = _run(photos, out, _Steps(index, encoder, ground, None, opts, reporter))
+        assessor = Assessor.open(index, encoder, opts, reporter)
+        if assessor.views is not None:
+            stack.callback(assessor.views.close)
+        failed, written = _run(photos, out, _Steps(index, encoder, ground, assessor, opts, reporter))
     if written:
         reporter.log(f"located {written} photo(s), {failed} failed; wrote {out}")
     else:
@@ -183,9 +191,10 @@ def photo_key(path: Path) -> str:
 class _Steps:
     """The per-photo pipeline, one method per step: read -> encode -> search -> heatmap -> record."""
 
-    def __init__(self, index: LoadedIndex, encoder, ground: GroundInput, heat: HeatmapFolder | None,
+    def __init__(self, index: LoadedIndex, encoder, ground: GroundInput, assessor: Assessor,
                  opts: LocateOptions, reporter: Reporter) -> None:
-        self.index, self.encoder, self.ground, self.heat = index, encoder, ground, heat
+        self.index, self.encoder, self.ground, self.assessor = index, encoder, ground, assessor
+        self.heat: HeatmapFolder | None = None
         self.opts, self.reporter = opts, reporter
         self.members: list = []  # tiling.groups.Member of each located photo when grouping
 
@@ -195,8 +204,10 @@ class _Steps:
             photo = self.read(path)
             oq = self.encode(photo)
             hits = scaled(self.search(photo, oq.q), oq.scale)
+            assessed = self.assessor.assess(oq, hits, query_kind(photo, oq))
+            hits = top(hits, self.opts.k)
             heat_path = self.heatmap(photo, hits)
-            self.record(photo, hits, heat_path, journal, oq)
+            self.record(photo, hits, heat_path, journal, oq, assessed.fields[:self.opts.k])
             if self.opts.group:
                 from tiling.groups import make_member
 
@@ -268,7 +279,7 @@ class _Steps:
         if opts.prior_radius_m is not None and position is None:
             self.reporter.log(f"{photo.path}: no usable EXIF GPS position; searching all chips (no prior)", "warning")
         try:
-            return query(self.index, q, opts.k, position, opts.prior_radius_m,
+            return query(self.index, q, max(opts.k, POSTERIOR_K), position, opts.prior_radius_m,
                          heatmap=self.heat is not None or opts.group is not None)
         except SaigError as e:
             raise SaigError(f"{photo.path}: {e}") from None
@@ -317,7 +328,7 @@ class _Steps:
                              hits.heat_scores, self.index.meta["grid"], self.index.crs)
 
     def record(self, photo: Photo, hits: QueryResult, heat_path: Path | None, journal: ResultJournal,
-               oq: OrientedQuery) -> None:
+               oq: OrientedQuery, assessed: list[dict]) -> None:
         """The photo's rows and result line, committed to the journal, then reported."""
         crs, path, c = self.index.crs, photo.path, hits.chips
         heading = None if oq.heading_deg is None else round(oq.heading_deg, 2)
@@ -325,7 +336,7 @@ class _Steps:
             "photo": str(path), "rank": n + 1, "score": float(s), "chip_id": str(c.chip_id[n]), "faiss_id": int(i),
             "lon": float(c.lon[n]), "lat": float(c.lat[n]), "x": float(c.x[n]), "y": float(c.y[n]),
             "distance_m": float(hits.distance_m[n]) if hits.distance_m is not None else None, "grid_crs": crs,
-            "heading_deg": heading, "heading_estimated": int(oq.estimated),
+            "heading_deg": heading, "heading_estimated": int(oq.estimated), **assessed[n],
         } for n, (s, i) in enumerate(zip(hits.scores, hits.ids, strict=True))]
         row = _photo_row(photo, cands, heat_path)
         result = {"photo": str(path), "exif": photo.exif.as_json(),
@@ -347,6 +358,17 @@ def _key_bounds(keys: list[tuple[int, int]], stride: float) -> tuple[float, floa
     xs = [k[0] * stride for k in keys] or [0.0]
     ys = [k[1] * stride for k in keys] or [0.0]
     return (min(xs) - stride / 2, min(ys) - stride / 2, max(xs) + stride / 2, max(ys) + stride / 2)
+
+
+def top(hits: QueryResult, k: int) -> QueryResult:
+    """The first ``k`` candidates of an answer (its heatmap unchanged)."""
+    from dataclasses import replace
+
+    if len(hits.ids) <= k:
+        return hits
+    distance = hits.distance_m[:k] if hits.distance_m is not None else None
+    return replace(hits, scores=hits.scores[:k], ids=hits.ids[:k], chips=hits.chips.take(np.arange(k)),
+                   distance_m=distance)
 
 
 def scaled(hits: QueryResult, scale: float) -> QueryResult:
@@ -373,4 +395,5 @@ def _photo_row(photo: Photo, cands: list[dict], heat_path: Path | None) -> dict:
             "input": view.kind, "input_reason": view.reason, "fov_deg": view.fov_deg, "fov_source": view.fov_source,
             "top1_chip_id": top.get("chip_id"), "top1_lon": top.get("lon"), "top1_lat": top.get("lat"),
             "top1_score": top.get("score"), "top1_distance_m": top.get("distance_m"),
+            "top1_confidence": top.get("confidence"),
             "heatmap": str(heat_path) if heat_path else None, "warnings": "; ".join(notes) or None}

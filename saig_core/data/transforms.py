@@ -85,20 +85,22 @@ def circular_shift(x: torch.Tensor, fraction: float) -> torch.Tensor:
 
 
 def polar_transform(aerial: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-    """SAFA-style polar resampling of a square north-up aerial image (3, S, S) to (3, Hp, Wp).
+    """SAFA-style polar resampling of a square north-up aerial image (3, S, S) to (3, Hp, Wp), or of a batch
+    (B, 3, S, S) to (B, 3, Hp, Wp) in one call (the same sampling grid for every image).
 
     Column ``j`` looks along azimuth ``360 j / Wp`` degrees clockwise from north (like a panorama);
     the top row is the image's inscribed circle, the bottom row its centre. Bilinear sampling.
     """
     hp, wp = out_size
-    _, sh, sw = aerial.shape
+    batched = aerial.dim() == 4
+    images = aerial if batched else aerial[None]
     theta = torch.arange(wp, dtype=torch.float64) * (2 * math.pi / wp)
     radius = (1.0 - (torch.arange(hp, dtype=torch.float64) + 0.5) / hp)  # fraction of the half side
     x = radius[:, None] * torch.sin(theta)[None, :]  # normalised [-1, 1], +x = east (right)
     y = -radius[:, None] * torch.cos(theta)[None, :]  # +y = south (down)
-    grid = torch.stack([x, y], dim=-1).float()[None]
-    out = F.grid_sample(aerial[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out[0]
+    grid = torch.stack([x, y], dim=-1).float()[None].expand(images.shape[0], -1, -1, -1)
+    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out if batched else out[0]
 
 
 def photometric_jitter(x: torch.Tensor, strength: float, rng: np.random.Generator) -> torch.Tensor:
