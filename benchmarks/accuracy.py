@@ -99,6 +99,14 @@ def summarize_cases(per_world: list[dict[str, list[dict]]]) -> dict:
         rows = [r for w in per_world for r in w[case]]
         if rows:
             out[case] = summarize(rows, chance)
+    photos = [r for w in per_world for case in ("panorama", "photo_90deg_heading", "photo_90deg_no_heading")
+              for r in w.get(case, []) if r.get("top1_confidence") is not None]
+    if photos:
+        from tiling.confidence import HIT_M as CONFIDENCE_M
+        from tiling.confidence import reliability
+
+        out["confidence_curve"] = reliability(np.asarray([r["top1_confidence"] for r in photos]),
+                                              np.asarray([r["top1_refined_error_m"] <= CONFIDENCE_M for r in photos]))
     return out
 
 
@@ -150,6 +158,8 @@ def _goals(run: record.Run, m: dict) -> None:
                                                             "heading_within_20deg_of_top1_hits"), ">=", 0.70)
     run.goal("group of 4 panoramas R@1", get("group_panorama", "R@1"), ">=", 0.8)
     run.goal("group of 4 90-degree photos R@1", get("group_photo", "R@1"), ">=", 0.5)
+    run.goal("confidence: expected calibration error on held-out worlds",
+             float(m.get("confidence_curve", {}).get("ece", float("nan"))), "<=", 0.05)
 
 
 if __name__ == "__main__":

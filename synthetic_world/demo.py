@@ -204,7 +204,12 @@ def score_photos(truth: dict, results: dict, crs: str, radius: float, k_percent:
         xs, ys = to_grid.transform([c["lon"] for c in cands], [c["lat"] for c in cands])
         dist = np.hypot(np.asarray(xs) - t.x, np.asarray(ys) - t.y)
         within = np.nonzero(dist <= radius)[0]
+        top = cands[0]
+        rx, ry = (to_grid.transform(top["refined_lon"], top["refined_lat"]) if top.get("refined_lon") is not None
+                  else (xs[0], ys[0]))
         rows.append({"photo": name, "kind": t.kind, "top1_error_m": round(float(dist[0]), 2),
+                     "top1_refined_error_m": round(float(np.hypot(rx - t.x, ry - t.y)), 2),
+                     "top1_confidence": top.get("confidence"),
                      "first_hit_rank": int(within[0]) + 1 if len(within) else None,
                      "top5": [[round(float(x), 2), round(float(y), 2)] for x, y in zip(xs[:5], ys[:5], strict=True)],
                      "heading_error_deg": _heading_error(cands[0].get("heading_deg"), t.heading),
@@ -239,11 +244,33 @@ def summarize(rows: list[dict], chance: float) -> dict:
     if hits:
         within = float(np.mean([r["heading_error_deg"] <= 20 for r in hits]))
         extra = {"heading_within_20deg_of_top1_hits": round(within, 4), "top1_hits_with_heading": len(hits)}
+    refined = [r for r in rows if r.get("top1_refined_error_m") is not None]
+    if refined:
+        extra.update(_refined_figures(refined))
     return {**extra, "count": len(rows), "R@1": round(r1, 4),
             "R@5": round(float(np.mean([r["hit@5"] for r in rows])), 4),
             "R@1%": round(float(np.mean([r["hit@1%"] for r in rows])), 4),
             "R@1_over_chance": round(r1 / chance, 1),
             "median_error_m": round(float(np.median(err)), 1), "p90_error_m": round(float(np.percentile(err, 90)), 1)}
+
+
+def _refined_figures(rows: list[dict]) -> dict:
+    """Refinement and confidence of scored photos: the top-1 error at its reported (refined) position, on top-1
+    hits before and after refinement, and the calibration of the top-1 confidence (25 m around that position)."""
+    from tiling.confidence import HIT_M, reliability
+
+    hits = [r for r in rows if r["hit@1"]]
+    out: dict = {"median_refined_error_m": round(float(np.median([r["top1_refined_error_m"] for r in rows])), 1)}
+    if hits:
+        out["median_error_of_top1_hits_m"] = round(float(np.median([r["top1_error_m"] for r in hits])), 2)
+        out["median_refined_error_of_top1_hits_m"] = round(float(np.median([r["top1_refined_error_m"]
+                                                                             for r in hits])), 2)
+    scored = [r for r in rows if r.get("top1_confidence") is not None]
+    if scored:
+        curve = reliability(np.asarray([r["top1_confidence"] for r in scored]),
+                            np.asarray([r["top1_refined_error_m"] <= HIT_M for r in scored]))
+        out.update(confidence_ece=curve["ece"], confidence_brier=curve["brier"])
+    return out
 
 
 def format_table(report: dict) -> str:

@@ -37,7 +37,12 @@ class Assessment:
 
     fields: list[dict]
     posterior: Posterior
+    positions: np.ndarray  # (N, 2) each candidate's reported position, grid CRS: refined when refined
     refinements: list[Refinement] = field(default_factory=list)
+
+    def refinement_of(self, candidate: int) -> Refinement | None:
+        """The refined place a candidate (index in the ranking) started, if any."""
+        return next((r for r in self.refinements if r.candidate == candidate), None)
 
 
 class Assessor:
@@ -83,10 +88,11 @@ class Assessor:
         post = build_posterior(xy, scores, self.stride, refinements, unit_m)
         by_candidate = {r.candidate: r for r in refinements}
         cal, t = self.calibration, self.calibration.temperature
-        out = []
+        out, positions = [], []
         for i in range(len(c)):
             r = by_candidate.get(i)
             x, y = (r.x, r.y) if r else (float(c.x[i]), float(c.y[i]))
+            positions.append((x, y))
             row: dict = dict.fromkeys(ASSESSMENT_FIELDS)
             row["confidence"] = round(cal.probability(post.mass_within(x, y, t, cal.hit_radius_m), kind), 4)
             if r is not None:
@@ -95,7 +101,7 @@ class Assessor:
                            refined_score=r.score,
                            uncertainty_m=round(cal.uncertainty_factor * rms_radius(r, t) * unit_m, 2))
             out.append(row)
-        return Assessment(out, post, refinements)
+        return Assessment(out, post, np.asarray(positions, np.float64).reshape(-1, 2), refinements)
 
 
 def _scored_places(hits: QueryResult) -> tuple[np.ndarray, np.ndarray]:

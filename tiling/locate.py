@@ -22,6 +22,7 @@ with a warning. The model must be the one the index was built with (same fingerp
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 
 from saig_core.errors import SaigError
 from saig_core.runtime.progress import Reporter
-from tiling.assess import POSTERIOR_K, Assessor, query_kind
+from tiling.assess import POSTERIOR_K, Assessment, Assessor, query_kind
 from tiling.heatmap import HeatmapFolder, heatmap_names, write_heatmap
 from tiling.orientation import OrientedQuery, is_oriented, rotation_query, single_query
 from tiling.photos import GroundInput, Photo, PhotoError, collect_photos, read_photo
@@ -146,6 +147,28 @@ def locate_photos(inputs: list[str], out: str | os.PathLike, opts: LocateOptions
     else:
         reporter.log("no photo could be located; nothing written", "warning")
     return failed
+
+
+def assess_photos(paths: list[Path], opts: LocateOptions, reporter: Reporter) -> Iterator[tuple[Path, str, Assessment]]:
+    """Each photo's query kind and assessment (posterior, refined places), in this process and writing
+    nothing: what ``saig locate`` computes before it records, for calibration (``synthetic_world.calibrate``).
+    A photo that cannot be read raises."""
+    import faiss
+
+    from saig_core.runtime.device import resolve_device
+
+    faiss.omp_set_num_threads(1)
+    with open_index(opts.index) as index, ExitStack() as stack:
+        encoder, ground = load_model_for_index(index, opts.checkpoint, resolve_device(opts.device))
+        assessor = Assessor.open(index, encoder, opts, reporter)
+        if assessor.views is not None:
+            stack.callback(assessor.views.close)
+        steps = _Steps(index, encoder, ground, assessor, opts, reporter)
+        for path in paths:
+            photo = steps.read(path)
+            oq = steps.encode(photo)
+            kind = query_kind(photo, oq)
+            yield path, kind, assessor.assess(oq, scaled(steps.search(photo, oq.q), oq.scale), kind)
 
 
 def _run(photos: list[Path], out: Path, step: _Steps) -> tuple[int, int]:
