@@ -75,10 +75,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     kind.add_argument("--photo", dest="mode", action="store_const", const="photo",
                       help="read every photo as a limited field of view (never a panorama)")
     p.add_argument("--group", type=_group_rule, default=None, metavar="RULE",
-                   help="also fuse photos taken together into one ranked list per group: 'folder' (one folder), "
-                        "'time:SECONDS' (EXIF times within SECONDS of the previous photo) or 'radius:METRES' (EXIF "
-                        "positions within METRES of the group's first photo; their offsets are used). Each photo's "
-                        "own result is still reported; a group is reported as 'group:...'")
+                   help="also fuse photos taken together into one ranked list (and, with --heatmap-dir, one heatmap) "
+                        "per group: 'folder' (one folder), 'time:SECONDS' (EXIF times within SECONDS of the previous "
+                        "photo) or 'radius:METRES' (EXIF positions within METRES of the group's first photo; their "
+                        "offsets are used). Each photo's own result is still reported; a group is reported as "
+                        "'group:...'")
     p.add_argument("--no-heading", dest="ignore_heading", action="store_true",
                    help="ignore EXIF/GPano headings (e.g. an unreliable compass): an orientation-aware model then "
                         "searches every rotation and reports the best as the heading estimate")

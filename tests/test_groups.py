@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from saig_core.runtime.progress import Reporter
 from tiling.groups import (
     METRES_PER_DEGREE,
     Member,
@@ -96,3 +98,105 @@ def test_group_names_and_heatmap_names_never_collide_with_each_other_or_a_photos
     assert names == ["group_day1_IMG_1.tif", "group_day1_IMG_1_2.tif"]
     assert group_heatmap_name(Path("my photos/été 1") / "a b.jpg", set()) == "group_été_1_a_b.tif"
     assert group_heatmap_name(Path("x") / "a.jpg", {"group_x_a.tif"}) == "group_x_a_2.tif"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A small synthetic world (one group of 4 panoramas and one of 4 photos, geotagged), indexed with an untrained
+    micro model."""
+    from tiling_fixtures import micro_checkpoint, run
+
+    tmp = tmp_path_factory.mktemp("groups")
+    run("synth", "--seed", 5, "--size-m", 300, "--photos", 0, "--group-photos", 1, "--out", tmp / "w")
+    ckpt = micro_checkpoint(tmp / "micro.pt")
+    run("index", "build", tmp / "w" / "orthophoto.tif", "--checkpoint", ckpt, "--chip-size-m", 32, "--stride-m", 16,
+        "--out", tmp / "idx")
+    return tmp, tmp / "w" / "groups", tmp / "idx"
+
+
+def _heat(path):
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.read(1), src.transform, src.crs, src.nodata, src.dtypes[0]
+
+
+def test_a_photo_group_gets_one_fused_heatmap_whose_maximum_is_its_top_candidate(world):
+    import geopandas as gpd
+    from tiling_fixtures import json_lines, run
+
+    from tiling.heatmap import NODATA
+
+    tmp, groups, index = world
+    out, heat_dir = tmp / "g.gpkg", tmp / "heat"
+    proc = run("locate", groups / "pano_g000", groups / "photo_g000", "--index", index, "-k", 5, "--out", out,
+               "--heatmap-dir", heat_dir, "--group", "folder", "--json")
+    results = {e["photo"]: e for e in json_lines(proc.stdout) if e["event"] == "result"}
+    fused = {p: r for p, r in results.items() if p.startswith("group:")}
+    assert sorted(fused) == ["group:pano_g000/0.jpg+3", "group:photo_g000/0.jpg+3"]
+    assert sorted(p.name for p in heat_dir.glob("group_*")) == ["group_pano_g000_0.tif", "group_photo_g000_0.tif"]
+    assert len(list(heat_dir.glob("*_heatmap.tif"))) == 8  # every photo's own heatmap still written
+    layer = gpd.read_file(out, layer="photos").set_index("photo")
+    for name, r in fused.items():
+        assert r["heatmap"] == str(heat_dir / f"group_{name[6:name.index('/')]}_0.tif")
+        assert layer.loc[name, "heatmap"] == r["heatmap"]
+        heat, t, crs, nodata, dtype = _heat(r["heatmap"])
+        assert crs.to_epsg() == 32632 and dtype == "float32" and nodata == NODATA  # the index's grid CRS
+        top = r["candidates"][0]
+        assert float(heat.max()) == pytest.approx(top["score"], rel=1e-6)
+        row, col = np.unravel_index(np.argmax(heat), heat.shape)
+        assert (t.c + (col + 0.5) * t.a, t.f + (row + 0.5) * t.e) == pytest.approx((top["x"], top["y"]), abs=1e-6)
+        # the members stand within half a stride of their mean, so the fused map is the mean of their own maps
+        members = [results[p]["heatmap"] for p in r["group"]]
+        assert len(members) == 4
+        mean = np.mean([_heat(m)[0] for m in members], axis=0)
+        valid = heat != NODATA
+        assert valid.sum() > 100 and np.array_equal(valid, _heat(members[0])[0] != NODATA)
+        np.testing.assert_allclose(heat[valid], mean[valid], atol=1e-6)
+
+
+class _KilledAfter(Reporter):
+    """A library run's reporter that interrupts the run (as Ctrl-C does) once ``n`` photos are committed."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__("none", out=io.StringIO(), err=io.StringIO())
+        self.left = n
+
+    def emit(self, event: str, **fields) -> None:
+        super().emit(event, **fields)
+        if event == "result":
+            self.left -= 1
+            if self.left == 0:
+                raise KeyboardInterrupt
+
+
+def test_a_resumed_run_fuses_the_photos_located_before_the_interruption_too(world):
+    import json
+
+    from tiling.locate import LocateOptions, locate_photos
+
+    tmp, groups, index = world
+    folder = [str(groups / "pano_g000")]
+
+    def opts(name, **kw):
+        return LocateOptions(index=str(index), k=5, heatmap_dir=str(tmp / f"heat_{name}"), device="cpu",
+                             json_lines=True, group="folder", **kw)
+
+    def results(reporter):
+        return {e["photo"]: e for e in map(json.loads, reporter.out.getvalue().splitlines()) if e["event"] == "result"}
+
+    whole = Reporter("none", out=io.StringIO(), err=io.StringIO())
+    assert locate_photos(folder, tmp / "whole.gpkg", opts("whole"), whole) == 0
+    with pytest.raises(KeyboardInterrupt):
+        locate_photos(folder, tmp / "resumed.gpkg", opts("resumed"), _KilledAfter(2))
+    assert (tmp / ".resumed.gpkg.partial").is_dir() and not (tmp / "resumed.gpkg").exists()
+    resumed = Reporter("none", out=io.StringIO(), err=io.StringIO())
+    assert locate_photos(folder, tmp / "resumed.gpkg", opts("resumed", resume=True), resumed) == 0
+    a, b = results(whole)["group:pano_g000/0.jpg+3"], results(resumed)["group:pano_g000/0.jpg+3"]
+    assert len(b["group"]) == 4 and b["group"] == a["group"]  # the two photos of the earlier run are in it
+    assert "locating 2 photo(s) of the earlier run again" in resumed.err.getvalue()
+    assert [c["chip_id"] for c in b["candidates"]] == [c["chip_id"] for c in a["candidates"]]
+    np.testing.assert_allclose([c["score"] for c in b["candidates"]], [c["score"] for c in a["candidates"]],
+                               atol=1e-6)
+    assert Path(b["heatmap"]).name == "group_pano_g000_0.tif"
+    np.testing.assert_allclose(_heat(b["heatmap"])[0], _heat(a["heatmap"])[0], atol=1e-6)

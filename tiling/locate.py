@@ -32,12 +32,12 @@ import numpy as np
 from saig_core.errors import SaigError
 from saig_core.runtime.progress import Reporter
 from tiling.assess import POSTERIOR_K, Assessment, Assessor, query_kind
-from tiling.heatmap import HeatmapFolder, heatmap_names, write_heatmap
+from tiling.heatmap import GROUP_BAND, HeatmapFolder, group_heatmap_name, heatmap_names, write_heatmap
 from tiling.orientation import OrientedQuery, is_oriented, rotation_query, single_query
 from tiling.photos import GroundInput, Photo, PhotoError, collect_photos, read_photo
-from tiling.reference import QueryResult, Reference, open_index, query
+from tiling.reference import Chips, QueryResult, Reference, open_index, query
 from tiling.results import ResultJournal, check_output, photo_list_digest
-from tiling.schema import CANDIDATE_RESULT_FIELDS
+from tiling.schema import CANDIDATE_COLUMNS, CANDIDATE_RESULT_FIELDS
 
 
 class FingerprintMismatch(SaigError, ValueError):
@@ -199,7 +199,7 @@ def _run(photos: list[Path], out: Path, step: _Steps) -> tuple[int, int]:
             heat.remove_if_empty()
         raise
     if opts.group:
-        step.record_groups(journal)
+        step.record_groups(journal, photos)
     written = journal.publish()
     if heat:
         heat.remove_if_empty()
@@ -307,41 +307,84 @@ class _Steps:
         except SaigError as e:
             raise SaigError(f"{photo.path}: {e}") from None
 
-    def record_groups(self, journal: ResultJournal) -> None:
-        """Each group of two or more located photos fused into one ranked list (``tiling.groups``), recorded as a
-        'photo' named ``group:...`` whose candidates are places for the group's mean position."""
-        from tiling.groups import assign_groups, fuse, group_name, parse_group_rule
+    def record_groups(self, journal: ResultJournal, photos: list[Path]) -> None:
+        """Each group of two or more located photos fused (``tiling.groups``) into one ranked list and, with
+        --heatmap-dir, one heatmap of every fused cell, recorded as a 'photo' named ``group:...`` whose candidates
+        are places for the group's mean position. A group an earlier run recorded (--resume) is kept as it is."""
+        from tiling.groups import assign_groups, group_names, parse_group_rule
+
+        rule = parse_group_rule(str(self.opts.group))
+        groups = [g for g in assign_groups(self._group_members(photos, journal), rule) if len(g) > 1]
+        taken = set(self.heat.names.values()) if self.heat else set()
+        for group, name in zip(groups, group_names(groups), strict=True):
+            heat_name = group_heatmap_name(group[0].path, taken) if self.heat else None
+            if name in journal.done:
+                continue
+            try:
+                self._record_group(journal, group, name, heat_name)
+            except SaigError as e:
+                _fail(self.reporter, self.opts, name, f"{name}: {e}")
+
+    def _group_members(self, photos: list[Path], journal: ResultJournal) -> list:
+        """The ``tiling.groups.Member`` of every located photo, in the run's order. The photos an earlier run
+        committed (--resume) are located again for their scores (kept in memory only; nothing recorded twice)."""
+        from tiling.groups import make_member
+
+        have = {photo_key(m.path): m for m in self.members}
+        again = [p for p in photos if photo_key(p) not in have and photo_key(p) in journal.done]
+        if again:
+            self.reporter.log(f"locating {len(again)} photo(s) of the earlier run again for their groups")
+        for path in again:
+            try:
+                photo = self.read(path)
+                oq = self.encode(photo)
+                hits = scaled(self.search(photo, oq.q), oq.scale)
+            except (PhotoError, SaigError) as e:
+                self.reporter.log(f"{e} (left out of its group)", "warning")
+                continue
+            have[photo_key(path)] = make_member(photo.path, photo.exif, hits, float(self.index.meta["grid"]["stride"]))
+        return [have[photo_key(p)] for p in photos if photo_key(p) in have]
+
+    def _group_chips(self, group: list) -> tuple[Chips, np.ndarray]:
+        """The index's chips of the group's fused cells (grid row/col from the manifest) and their fused scores."""
+        from tiling.groups import fused_cells
 
         stride = float(self.index.meta["grid"]["stride"])
-        for group in assign_groups(self.members, parse_group_rule(str(self.opts.group))):
-            if len(group) < 2:
-                continue
-            keys, scores = fuse(group, stride, self.opts.k)
-            chips = self.index.chips_in_window(_key_bounds(keys, stride))
-            by_key = {(round(float(x) / stride), round(float(y) / stride)): n
-                      for n, (x, y) in enumerate(zip(chips.x, chips.y, strict=True))}
-            keep = [n for n, key in enumerate(keys) if key in by_key]
-            found = chips.take(np.asarray([by_key[keys[n]] for n in keep], dtype=np.int64))
-            name = group_name(group)
-            cands = [{"photo": name, "rank": r + 1, "score": float(scores[n]), "chip_id": str(found.chip_id[r]),
-                      "faiss_id": int(found.faiss_id[r]), "lon": float(found.lon[r]), "lat": float(found.lat[r]),
-                      "x": float(found.x[r]), "y": float(found.y[r]), "distance_m": None, "grid_crs": self.index.crs,
-                      "heading_deg": None, "heading_estimated": 0} for r, n in enumerate(keep)]
-            lons = [m.lon for m in group if m.lon is not None]
-            lats = [m.lat for m in group if m.lat is not None]
-            row = {"photo_key": name, "photo": name, "lon": float(np.mean(lons)) if lons else None,
-                   "lat": float(np.mean(lats)) if lats else None, "input": "group",
-                   "input_reason": f"--group {self.opts.group}: " + ", ".join(str(m.path) for m in group),
-                   "top1_chip_id": cands[0]["chip_id"] if cands else None,
-                   "top1_lon": cands[0]["lon"] if cands else None, "top1_lat": cands[0]["lat"] if cands else None,
-                   "top1_score": cands[0]["score"] if cands else None}
-            result = {"photo": name, "group": [str(m.path) for m in group],
-                      "candidates": [{k: c[k] for k in CANDIDATE_RESULT_FIELDS} for c in cands]}
-            journal.record(row, cands, result)
-            if self.opts.json_lines:
-                self.reporter.emit("result", **result)
-            else:
-                self.reporter.log(f"{name}: {len(group)} photos fused; top-1 {cands[0]['chip_id'] if cands else '-'}")
+        cells, fused = fused_cells(group, stride)
+        chips = self.index.chips_in_window(_key_bounds(cells, stride))
+        by_key = {(round(float(x) / stride), round(float(y) / stride)): n
+                  for n, (x, y) in enumerate(zip(chips.x, chips.y, strict=True))}
+        keep = np.asarray([n for n, cell in enumerate(cells) if cell in by_key], dtype=np.int64)
+        return chips.take(np.asarray([by_key[cells[n]] for n in keep], dtype=np.int64)), fused[keep]
+
+    def _record_group(self, journal: ResultJournal, group: list, name: str, heat_name: str | None) -> None:
+        """One group's heatmap (when asked: its maximum is the top-1 candidate), rows and result line."""
+        chips, scores = self._group_chips(group)
+        heat_path = None
+        if self.heat is not None and heat_name is not None and len(chips):
+            heat_path = write_heatmap(self.heat.path_named(heat_name), chips.row, chips.col, scores,
+                                      self.index.meta["grid"], self.index.crs, GROUP_BAND)
+        best = np.argsort(-scores, kind="stable")[:self.opts.k]
+        found, top = chips.take(best), scores[best]
+        cands = [{**dict.fromkeys(CANDIDATE_COLUMNS), "photo": name, "rank": r + 1, "score": float(top[r]),
+                  "chip_id": str(found.chip_id[r]), "faiss_id": int(found.faiss_id[r]), "lon": float(found.lon[r]),
+                  "lat": float(found.lat[r]), "x": float(found.x[r]), "y": float(found.y[r]),
+                  "grid_crs": self.index.crs, "heading_estimated": 0} for r in range(len(found))]
+        lons = [m.lon for m in group if m.lon is not None]
+        lats = [m.lat for m in group if m.lat is not None]
+        first = cands[0] if cands else {}
+        row = {"photo_key": name, "photo": name, "lon": float(np.mean(lons)) if lons else None,
+               "lat": float(np.mean(lats)) if lats else None, "input": "group",
+               "input_reason": f"--group {self.opts.group}: " + ", ".join(str(m.path) for m in group),
+               "top1_chip_id": first.get("chip_id"), "top1_lon": first.get("lon"), "top1_lat": first.get("lat"),
+               "top1_score": first.get("score"), "heatmap": str(heat_path) if heat_path else None}
+        result = {"photo": name, "group": [str(m.path) for m in group],
+                  "candidates": [{k: c[k] for k in CANDIDATE_RESULT_FIELDS} for c in cands], "heatmap": row["heatmap"]}
+        journal.record(row, cands, result)
+        if self.opts.json_lines:
+            self.reporter.emit("result", **result)
+        else:
+            self.reporter.log(f"{name}: {len(group)} photos fused; top-1 {first.get('chip_id', '-')}")
 
     def heatmap(self, photo: Photo, hits: QueryResult) -> Path | None:
         """The photo's heatmap GeoTIFF over the scored chips (when asked), under its unique name."""
