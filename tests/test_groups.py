@@ -13,6 +13,7 @@ from tiling.groups import (
     METRES_PER_DEGREE,
     Member,
     assign_groups,
+    cell_windows,
     fuse,
     fused_cells,
     group_names,
@@ -87,6 +88,17 @@ def test_a_cell_only_one_photo_scored_takes_the_others_lowest_score():
     cells, fused = fused_cells([a, b], 16.0)
     assert cells == [(0, 0), (1, 0)]
     np.testing.assert_allclose(fused, [0.6, 0.8])
+
+
+def test_the_chips_of_far_apart_cells_are_read_by_small_windows_that_hold_every_cell():
+    cells = [(0, 0), (5, -3), (63, 63), (10_000, -20_000)]  # two neighbourhoods 350 km apart (stride 16 m)
+    windows = cell_windows(cells, 16.0)
+    assert len(windows) == 3  # (0, 0) and (63, 63) share one; (5, -3) lies in the one south of it
+    for cx, cy in cells:  # each cell's chip centre (within half a stride of key * stride) is in a window
+        for dx in (-7.9, 0.0, 7.9):
+            x, y = cx * 16.0 + dx, cy * 16.0 - dx
+            assert any(w[0] <= x <= w[2] and w[1] <= y <= w[3] for w in windows)
+    assert max(w[2] - w[0] for w in windows) == 64 * 16.0
 
 
 def test_group_names_and_heatmap_names_never_collide_with_each_other_or_a_photos_heatmap():

@@ -158,6 +158,19 @@ def fused_cells(group: list[Member], stride: float) -> tuple[list[tuple[int, int
     return cells, fused / len(group)
 
 
+WINDOW_CELLS = 64  # side of the square windows (in cells) the fused cells' chips are read by
+
+
+def cell_windows(cells: list[tuple[int, int]], stride: float) -> list[tuple[float, float, float, float]]:
+    """Grid-CRS bounds of the :data:`WINDOW_CELLS`-square windows holding ``cells`` (chip keys in stride units,
+    half a stride of margin): the chips of a group's cells are read by place, window by window, so cells spread
+    over a big index (neighbourhoods of far-apart candidates) never read the manifest between them."""
+    n = WINDOW_CELLS
+    tiles = sorted({(cx // n, cy // n) for cx, cy in cells})
+    return [((tx * n - 0.5) * stride, (ty * n - 0.5) * stride, ((tx + 1) * n - 0.5) * stride,
+             ((ty + 1) * n - 0.5) * stride) for tx, ty in tiles]
+
+
 def fuse(group: list[Member], stride: float, k: int) -> tuple[list[tuple[int, int]], np.ndarray]:
     """The group's top-k cells of :func:`fused_cells` and their fused scores, best first."""
     cells, fused = fused_cells(group, stride)
@@ -165,5 +178,5 @@ def fuse(group: list[Member], stride: float, k: int) -> tuple[list[tuple[int, in
     return [cells[i] for i in order], fused[order]
 
 
-__all__ = ["RULES", "GroupRule", "Member", "assign_groups", "fuse", "fused_cells", "group_name", "group_names",
-           "make_member", "parse_group_rule"]
+__all__ = ["RULES", "GroupRule", "Member", "assign_groups", "cell_windows", "fuse", "fused_cells", "group_name",
+           "group_names", "make_member", "parse_group_rule"]

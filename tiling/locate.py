@@ -347,11 +347,11 @@ class _Steps:
 
     def _group_chips(self, group: list) -> tuple[Chips, np.ndarray]:
         """The index's chips of the group's fused cells (grid row/col from the manifest) and their fused scores."""
-        from tiling.groups import fused_cells
+        from tiling.groups import cell_windows, fused_cells
 
         stride = float(self.index.meta["grid"]["stride"])
         cells, fused = fused_cells(group, stride)
-        chips = self.index.chips_in_window(_key_bounds(cells, stride))
+        chips = Chips.concat([self.index.chips_in_window(w) for w in cell_windows(cells, stride)])
         by_key = {(round(float(x) / stride), round(float(y) / stride)): n
                   for n, (x, y) in enumerate(zip(chips.x, chips.y, strict=True))}
         keep = np.asarray([n for n, cell in enumerate(cells) if cell in by_key], dtype=np.int64)
@@ -417,13 +417,6 @@ class _Steps:
             dist = f", {top['distance_m']:.0f} m from EXIF" if top["distance_m"] is not None else ""
             self.reporter.log(f"{path}: top-1 {top['chip_id']} at {top['lat']:.6f}, {top['lon']:.6f} "
                               f"(score {top['score']:.3f}{dist})")
-
-
-def _key_bounds(keys: list[tuple[int, int]], stride: float) -> tuple[float, float, float, float]:
-    """Grid-CRS bounds around chip centres given in stride units (half a stride of margin)."""
-    xs = [k[0] * stride for k in keys] or [0.0]
-    ys = [k[1] * stride for k in keys] or [0.0]
-    return (min(xs) - stride / 2, min(ys) - stride / 2, max(xs) + stride / 2, max(ys) + stride / 2)
 
 
 def top(hits: QueryResult, k: int) -> QueryResult:
