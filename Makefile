@@ -90,7 +90,7 @@ install-plugin: $(PLUGIN_ZIP) | $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/saig demo --out demo_out
 
-# Retrain models/demo.pt: training pairs from worlds 101-108 and 110-113, validation pairs from world 109
+# Retrain models/demo.pt: training pairs from worlds 101-106 and 114-117, validation pairs from world 109
 # (never the demo's 2026), configs/demo.yaml, then the val-selected best.pt exported as fp16.
 DEMO_DATA := build/demo-data
 demo-model: $(STAMP)
@@ -99,6 +99,7 @@ demo-model: $(STAMP)
 	rm -rf build/demo-run
 	OMP_NUM_THREADS=1 $(VENV)/bin/saig train --config configs/demo.yaml --out build/demo-run --set data.train=$(CURDIR)/$(DEMO_DATA)/train/pairs.csv
 	$(PY) -c 'from synthetic_world.demo import export_demo_model as e; e("build/demo-run/best.pt", "models/demo.pt")'
+	$(PY) benchmarks/calibration.py --checkpoint models/demo.pt --write-checkpoint
 	sha256sum models/demo.pt
 
 clean:

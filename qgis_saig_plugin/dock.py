@@ -80,7 +80,7 @@ SETTINGS_PREFIX = "saig/dock/"
 TABLE_COLUMNS = (("Photo", "photo_name", ""), ("Rank", "rank", "{:.0f}"), ("Score", "score", "{:.3f}"),
                  ("Dist. EXIF (m)", "distance_m", "{:.0f}"), ("Lon", "lon", "{:.6f}"), ("Lat", "lat", "{:.6f}"))
 #: Candidate fields not shown as table columns (identifiers and grid coordinates stay in the layer)
-HIDDEN_FIELDS = ("fid", "photo", "chip_id", "faiss_id", "x", "y", "grid_crs", "heatmap")
+HIDDEN_FIELDS = ("fid", "photo", "chip_id", "faiss_id", "x", "y", "refined_x", "refined_y", "grid_crs", "heatmap")
 #: Rows per page of the results table: a run of hundreds of photos never fills a table of thousands of rows
 PAGE_ROWS = 100
 ALL_FILES = "All files (*)"

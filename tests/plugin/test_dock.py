@@ -197,6 +197,11 @@ def test_run_adds_styled_results_fills_the_table_and_zooms(dock, world, tmp_path
     assert dock.table.rowCount() == 9
     assert dock.table.item(0, 1).text() == "1"
     assert not dock.table.item(0, 0).icon().isNull()  # photo thumbnail
+    headers = [dock.table.horizontalHeaderItem(c).text() for c in range(dock.table.columnCount())]
+    assert {"Heading (°)", "Confidence", "Refined lon", "Refined lat", "Uncertainty (m)"} <= set(headers)
+    assert "Refined x" not in headers and "Refined y" not in headers  # grid coordinates stay in the layer
+    confidence = headers.index("Confidence")
+    assert all(0.0 <= float(dock.table.item(row, confidence).text()) <= 1.0 for row in range(9))
     to_canvas = QgsCoordinateTransform(candidates.crs(), dock.canvas.mapSettings().destinationCrs(),
                                        QgsProject.instance())
 
