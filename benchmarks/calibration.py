@@ -25,9 +25,9 @@ from benchmarks import record  # noqa: E402 - after the path insert, as the othe
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="models/demo.pt")
-    ap.add_argument("--size-m", type=float, default=1500.0)
-    ap.add_argument("--panoramas", type=int, default=60, help="per world")
-    ap.add_argument("--photos", type=int, default=60, help="90-degree photos per world (located with and without "
+    ap.add_argument("--size-m", type=float, default=1200.0)
+    ap.add_argument("--panoramas", type=int, default=40, help="per world")
+    ap.add_argument("--photos", type=int, default=40, help="90-degree photos per world (located with and without "
                                                            "their heading)")
     ap.add_argument("--write-checkpoint", action="store_true",
                     help="store the fitted calibration in the checkpoint's metadata (weights untouched)")
