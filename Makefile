@@ -15,7 +15,7 @@ help:
 	@echo "make test   - set up .venv (and QGIS for plugin tests), run ruff and mypy, then the whole suite"
 	@echo "make lint   - ruff and mypy only"
 	@echo "make test-cluster - saig index build --ray on a real local Ray cluster (two nodes, started and stopped)"
-	@echo "make bench-report - docs/benchmarks.md and docs/scale.md from benchmarks/results/*.json"
+	@echo "make bench-report - docs/benchmarks.md, docs/scale.md and docs/calibration.svg from benchmarks/results/*.json"
 	@echo "make demo-model - retrain models/demo.pt from synthetic worlds (about 60 min on 2 CPU cores)"
 
 $(PY):

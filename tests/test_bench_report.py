@@ -55,3 +55,17 @@ def test_a_file_that_is_not_a_result_is_an_error_naming_it(tmp_path):
     (tmp_path / "tiling.json").write_text("{")
     with pytest.raises(report.ResultError, match=r"tiling\.json.*not valid JSON"):
         report.load_results(tmp_path)
+
+
+def test_the_calibration_curves_are_drawn_from_the_result_files(tmp_path):
+    curve = {"bins": [{"bin": [0.0, 0.1], "photos": 30, "mean_confidence": 0.05, "hit_rate": 0.1},
+                      {"bin": [0.9, 1.0], "photos": 20, "mean_confidence": 0.95, "hit_rate": 0.9}],
+             "ece": 0.05, "brier": 0.08, "photos": 50}
+    record.Run("calibration", "Calibration", "python benchmarks/calibration.py").write(
+        {"curve": {"all": curve}, "uncalibrated_curve": curve}, tmp_path)
+    pages = report.render(tmp_path)
+    svg = next(text for path, text in pages.items() if path.name == "calibration.svg")
+    assert svg.count("<circle") == 4 and "validation worlds (ECE 0.050, 50 photos)" in svg
+    assert "![Calibration curves](calibration.svg)" in next(t for p, t in pages.items() if p.name == "benchmarks.md")
+    record.Run("other", "Other", "python x.py").write({"n": 1}, tmp_path / "none")
+    assert all(p.name != "calibration.svg" for p in report.render(tmp_path / "none"))  # no curve, no figure
