@@ -33,6 +33,13 @@ def _member(name: str, east_m: float, north_m: float, time_s: float | None = Non
     return Member(Path(folder) / name, lon, lat, t)
 
 
+def _scored(m: Member, table: dict[tuple[int, int], float], floor: float) -> Member:
+    """``m`` with these scores per chip key (in the table's order, not sorted) and this floor."""
+    m.keys = np.asarray(list(table), np.int64).reshape(-1, 2)
+    m.scores, m.floor = np.asarray(list(table.values()), np.float32), floor
+    return m
+
+
 def test_group_rules_are_parsed_or_refused_with_the_reason():
     assert parse_group_rule("folder").kind == "folder"
     assert parse_group_rule("time:60").value == 60.0
@@ -54,14 +61,10 @@ def test_fusion_finds_the_place_all_photos_agree_on_despite_each_ones_look_alike
     offsets = [(-16, 0), (16, 0), (0, 16), (0, -16)]
     group = []
     for n, (dx, dy) in enumerate(offsets):
-        m = _member(f"{n}.jpg", dx, dy)
-        for kx in range(0, 30):
-            for ky in range(0, 30):
-                m.scores[(kx, ky)] = 0.1
-        m.scores[(10 + dx // 16, 10 + dy // 16)] = 0.6  # its own true spot
-        m.scores[(25 - n, 3 + n)] = 0.9  # a look-alike, different for every photo
-        m.floor = 0.1
-        group.append(m)
+        table = {(kx, ky): 0.1 for kx in range(30) for ky in range(30)}
+        table[(10 + dx // 16, 10 + dy // 16)] = 0.6  # its own true spot
+        table[(25 - n, 3 + n)] = 0.9  # a look-alike, different for every photo
+        group.append(_scored(_member(f"{n}.jpg", dx, dy), table, 0.1))
     keys, scores = fuse(group, 16.0, 3)
     assert keys[0] == (10, 10)
     assert scores[0] == pytest.approx(0.6)
@@ -70,29 +73,29 @@ def test_fusion_finds_the_place_all_photos_agree_on_despite_each_ones_look_alike
 
 def test_fused_cells_cover_every_cell_with_the_mean_of_the_photos_scores_at_their_offsets():
     # two photos 32 m apart east-west (stride 16): shifts of -1 and +1 key from their mean position
-    west, east = _member("w.jpg", -16, 0), _member("e.jpg", 16, 0)
-    west.scores, west.floor = {(4, 5): 0.2, (5, 5): 0.8}, 0.2
-    east.scores, east.floor = {(6, 5): 0.4, (7, 5): 0.6}, 0.4
+    west = _scored(_member("w.jpg", -16, 0), {(5, 5): 0.8, (4, 5): 0.2}, 0.2)
+    east = _scored(_member("e.jpg", 16, 0), {(6, 5): 0.4, (7, 5): 0.6}, 0.4)
     cells, fused = fused_cells([west, east], 16.0)
     # west's key k is cell k+1, east's key k is cell k-1
-    assert cells == [(5, 5), (6, 5)]
-    np.testing.assert_allclose(fused, [(0.2 + 0.4) / 2, (0.8 + 0.6) / 2])
+    assert cells.tolist() == [[5, 5], [6, 5]]
+    np.testing.assert_allclose(fused, [(0.2 + 0.4) / 2, (0.8 + 0.6) / 2], rtol=1e-6)
     keys, top = fuse([west, east], 16.0, 1)
     assert keys == [(6, 5)] and top[0] == pytest.approx(fused.max())
 
 
 def test_a_cell_only_one_photo_scored_takes_the_others_lowest_score():
-    a, b = _member("a.jpg", 0, 0), _member("b.jpg", 0, 0)
-    a.scores, a.floor = {(0, 0): 0.5, (1, 0): 0.9}, 0.5
-    b.scores, b.floor = {(0, 0): 0.7}, 0.7
-    cells, fused = fused_cells([a, b], 16.0)
-    assert cells == [(0, 0), (1, 0)]
-    np.testing.assert_allclose(fused, [0.6, 0.8])
+    a = _scored(_member("a.jpg", 0, 0), {(1, 0): 0.9, (0, 0): 0.5, (0, -7): 0.6}, 0.5)
+    b = _scored(_member("b.jpg", 0, 0), {(0, 0): 0.7}, 0.7)
+    none = _scored(_member("c.jpg", 0, 0), {}, 0.1)  # a photo that scored no chip at all counts its floor
+    cells, fused = fused_cells([a, b, none], 16.0)
+    assert cells.tolist() == [[0, -7], [0, 0], [1, 0]]
+    np.testing.assert_allclose(fused, [(0.6 + 0.7 + 0.1) / 3, (0.5 + 0.7 + 0.1) / 3, (0.9 + 0.7 + 0.1) / 3],
+                               rtol=1e-6)
 
 
 def test_the_chips_of_far_apart_cells_are_read_by_small_windows_that_hold_every_cell():
     cells = [(0, 0), (5, -3), (63, 63), (10_000, -20_000)]  # two neighbourhoods 350 km apart (stride 16 m)
-    windows = cell_windows(cells, 16.0)
+    windows = cell_windows(np.asarray(cells), 16.0)
     assert len(windows) == 3  # (0, 0) and (63, 63) share one; (5, -3) lies in the one south of it
     for cx, cy in cells:  # each cell's chip centre (within half a stride of key * stride) is in a window
         for dx in (-7.9, 0.0, 7.9):

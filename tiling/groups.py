@@ -51,14 +51,16 @@ def parse_group_rule(text: str) -> GroupRule:
 
 @dataclass
 class Member:
-    """One located photo of a group: its path, EXIF position and time, and its scores per chip centre."""
+    """One located photo of a group: its path, EXIF position and time, and its scores per chip centre (arrays,
+    20 bytes a chip: 4 MB a photo over an index of :data:`tiling.reference.HEAT_ALL_MAX` chips)."""
 
     path: Path
     lon: float | None
     lat: float | None
     time: _dt.datetime | None
-    scores: dict[tuple[int, int], float] = field(default_factory=dict)
-    floor: float = 0.0
+    keys: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))  # (N, 2) chip centres / stride
+    scores: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))  # (N,) the photo's score there
+    floor: float = 0.0  # its lowest score: what it scores where it scored no chip
 
 
 def _timestamp(date: str | None) -> _dt.datetime | None:
@@ -72,12 +74,10 @@ def _timestamp(date: str | None) -> _dt.datetime | None:
 
 def make_member(path: Path, exif, hits, stride: float) -> Member:
     """A group member from a photo's EXIF and its heatmap scores (keyed by chip centre in stride units)."""
-    m = Member(path, exif.lon, exif.lat, _timestamp(exif.date))
     chips, scores = (hits.heat_chips, hits.heat_scores) if hits.heat_chips is not None else (hits.chips, hits.scores)
-    for x, y, s in zip(chips.x, chips.y, scores, strict=True):
-        m.scores[(round(float(x) / stride), round(float(y) / stride))] = float(s)
-    m.floor = float(np.min(scores)) if len(scores) else 0.0
-    return m
+    keys = np.rint(np.stack([np.asarray(chips.x, np.float64), np.asarray(chips.y, np.float64)], 1) / stride)
+    return Member(path, exif.lon, exif.lat, _timestamp(exif.date), keys.astype(np.int64),
+                  np.asarray(scores, np.float32), float(np.min(scores)) if len(scores) else 0.0)
 
 
 def assign_groups(members: list[Member], rule: GroupRule) -> list[list[Member]]:
@@ -141,32 +141,49 @@ def group_names(groups: list[list[Member]]) -> list[str]:
     return names
 
 
-def fused_cells(group: list[Member], stride: float) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """Every cell any photo of ``group`` scored (chip keys in stride units, for the group's mean position) and
-    its fused score: the mean over the photos of each one's score at the cell plus its EXIF offset (its
-    lowest score where it scored no chip). Cells in key order."""
+def fused_cells(group: list[Member], stride: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every cell any photo of ``group`` scored ((N, 2) chip keys in stride units, for the group's mean position,
+    in key order) and its fused score: the mean over the photos of each one's score at the cell plus its EXIF
+    offset (its lowest score where it scored no chip)."""
     if not group:
         raise SaigError("an empty photo group cannot be fused")
     placed = [m for m in group if m.lon is not None and m.lat is not None]
     lon0 = float(np.mean([m.lon for m in placed])) if placed else 0.0
     lat0 = float(np.mean([m.lat for m in placed])) if placed else 0.0
-    shifts = [tuple(round(v / stride) for v in _offset(m, lon0, lat0)) if placed else (0, 0) for m in group]
-    cells = sorted({(kx - sx, ky - sy) for m, (sx, sy) in zip(group, shifts, strict=True) for kx, ky in m.scores})
+    shifts = [np.rint(np.asarray(_offset(m, lon0, lat0)) / stride).astype(np.int64) for m in group]
+    shifted = [m.keys.reshape(-1, 2) - s for m, s in zip(group, shifts, strict=True)]
+    every = np.concatenate(shifted)
+    if not len(every):
+        return every, np.zeros(0)
+    lo, span = every.min(0), int(np.ptp(every[:, 1])) + 1  # a cell's code: (x - x0) * span + (y - y0), in key order
+    codes = [(k[:, 0] - lo[0]) * span + (k[:, 1] - lo[1]) for k in shifted]
+    cell_codes = np.unique(np.concatenate(codes))
+    cells = np.stack([cell_codes // span + lo[0], cell_codes % span + lo[1]], 1)
     fused = np.zeros(len(cells))
-    for m, (sx, sy) in zip(group, shifts, strict=True):
-        fused += np.asarray([m.scores.get((cx + sx, cy + sy), m.floor) for cx, cy in cells])
+    for m, c in zip(group, codes, strict=True):
+        fused += _scores_at(c, m.scores, cell_codes, m.floor)
     return cells, fused / len(group)
+
+
+def _scores_at(codes: np.ndarray, scores: np.ndarray, want: np.ndarray, floor: float) -> np.ndarray:
+    """The scores of cells coded ``want`` from a photo's (``codes``, ``scores``); ``floor`` where it has none."""
+    if not len(codes):
+        return np.full(len(want), floor)
+    order = np.argsort(codes, kind="stable")
+    codes, scores = codes[order], scores[order]
+    at = np.minimum(np.searchsorted(codes, want), len(codes) - 1)
+    return np.where(codes[at] == want, scores[at], floor)
 
 
 WINDOW_CELLS = 64  # side of the square windows (in cells) the fused cells' chips are read by
 
 
-def cell_windows(cells: list[tuple[int, int]], stride: float) -> list[tuple[float, float, float, float]]:
+def cell_windows(cells: np.ndarray, stride: float) -> list[tuple[float, float, float, float]]:
     """Grid-CRS bounds of the :data:`WINDOW_CELLS`-square windows holding ``cells`` (chip keys in stride units,
     half a stride of margin): the chips of a group's cells are read by place, window by window, so cells spread
     over a big index (neighbourhoods of far-apart candidates) never read the manifest between them."""
     n = WINDOW_CELLS
-    tiles = sorted({(cx // n, cy // n) for cx, cy in cells})
+    tiles = np.unique(np.asarray(cells, np.int64).reshape(-1, 2) // n, axis=0).tolist()
     return [((tx * n - 0.5) * stride, (ty * n - 0.5) * stride, ((tx + 1) * n - 0.5) * stride,
              ((ty + 1) * n - 0.5) * stride) for tx, ty in tiles]
 
@@ -175,7 +192,7 @@ def fuse(group: list[Member], stride: float, k: int) -> tuple[list[tuple[int, in
     """The group's top-k cells of :func:`fused_cells` and their fused scores, best first."""
     cells, fused = fused_cells(group, stride)
     order = np.argsort(-fused, kind="stable")[:k]
-    return [cells[i] for i in order], fused[order]
+    return [(int(cells[i, 0]), int(cells[i, 1])) for i in order], fused[order]
 
 
 __all__ = ["RULES", "GroupRule", "Member", "assign_groups", "cell_windows", "fuse", "fused_cells", "group_name",

@@ -354,8 +354,9 @@ class _Steps:
         chips = Chips.concat([self.index.chips_in_window(w) for w in cell_windows(cells, stride)])
         by_key = {(round(float(x) / stride), round(float(y) / stride)): n
                   for n, (x, y) in enumerate(zip(chips.x, chips.y, strict=True))}
-        keep = np.asarray([n for n, cell in enumerate(cells) if cell in by_key], dtype=np.int64)
-        return chips.take(np.asarray([by_key[cells[n]] for n in keep], dtype=np.int64)), fused[keep]
+        pairs = np.asarray([(n, by_key[cx, cy]) for n, (cx, cy) in enumerate(cells.tolist()) if (cx, cy) in by_key],
+                           dtype=np.int64).reshape(-1, 2)  # (fused cell, its chip)
+        return chips.take(pairs[:, 1]), fused[pairs[:, 0]]
 
     def _record_group(self, journal: ResultJournal, group: list, name: str, heat_name: str | None) -> None:
         """One group's heatmap (when asked: its maximum is the top-1 candidate), rows and result line."""
