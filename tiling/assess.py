@@ -66,8 +66,9 @@ class Assessor:
         path = opts.checkpoint or index.meta["model"].get("checkpoint")
         calibration = Calibration.from_metadata(read_checkpoint(path).get("metadata"))
         if not calibration.fitted:
-            reporter.log(f"{path}: no confidence calibration in this checkpoint (saig calibrate); the confidence "
-                         "column is the model's uncalibrated posterior mass", "warning")
+            reporter.log(f"{path}: no confidence calibration in this checkpoint (python benchmarks/calibration.py "
+                         "--checkpoint CKPT --write-checkpoint); the confidence column is the model's uncalibrated "
+                         "posterior mass", "warning")
         views = None
         if opts.refine > 0:
             views = open_views(index.meta, index.dir, lambda m: reporter.log(m, "warning"))

@@ -10,8 +10,8 @@ stand for ``stride**2``; the fine points of a refined place (:mod:`tiling.refine
 :data:`HIT_M` (25 m) of the candidate's reported position (refined when refined): the posterior
 mass within 25 m of it (the raw confidence), mapped through a logistic curve per kind of query
 (``panorama``, ``photo`` with a known heading, ``photo_no_heading``) fitted on validation worlds by
-``saig calibrate`` and stored in the checkpoint (:class:`Calibration`). A checkpoint without a
-calibration gives the raw mass, and ``saig locate`` says so.
+``benchmarks/calibration.py --write-checkpoint`` and stored in the checkpoint (:class:`Calibration`).
+A checkpoint without a calibration gives the raw mass, and ``saig locate`` says so.
 
 **Uncertainty radius** of a refined candidate: the posterior's RMS distance from the refined
 position over its fine points (plus the grid's own rounding), times a factor fitted so that it
