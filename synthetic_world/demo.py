@@ -273,12 +273,23 @@ def _refined_figures(rows: list[dict]) -> dict:
     return out
 
 
+def _cell(value, width: int, digits: int) -> str:
+    """A right-aligned table cell: the number, or '-' when there is none."""
+    return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+
 def format_table(report: dict) -> str:
     """The demo report as a fixed-width text table: metrics per photo kind, then chips, hit rule and timings."""
-    lines = [f"{'photos':<24}{'n':>5}{'R@1':>8}{'R@5':>8}{'R@1%':>8}{'x chance':>10}{'median m':>10}{'p90 m':>9}"]
+    lines = [f"{'photos':<24}{'n':>5}{'R@1':>8}{'R@5':>8}{'R@1%':>8}{'x chance':>10}{'median m':>10}{'p90 m':>9}"
+             f"{'hits m':>8}{'refined':>9}{'conf ECE':>10}"]
     for kind, m in report["metrics"].items():
+        hits, refined = m.get("median_error_of_top1_hits_m"), m.get("median_refined_error_of_top1_hits_m")
+        ece = m.get("confidence_ece")
         lines.append(f"{kind:<24}{m['count']:>5}{m['R@1']:>8.3f}{m['R@5']:>8.3f}{m['R@1%']:>8.3f}"
-                     f"{m['R@1_over_chance']:>10.1f}{m['median_error_m']:>10.1f}{m['p90_error_m']:>9.1f}")
+                     f"{m['R@1_over_chance']:>10.1f}{m['median_error_m']:>10.1f}{m['p90_error_m']:>9.1f}"
+                     f"{_cell(hits, 8, 1)}{_cell(refined, 9, 1)}{_cell(ece, 10, 3)}")
+    lines.append("hits m / refined: median error of the top-1 hits at the chip centre / at the refined position; "
+                 "conf ECE: calibration error of the top-1 confidence")
     t = report["timings_s"]
     lines.append(f"{report['chips']} chips (R@1% = top {report['k_for_r1_percent']}), hit = "
                  f"{report['hit_definition']}; chance R@1 {report['chance_r1']:.5f}")
