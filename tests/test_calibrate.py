@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from saig_core.weights.checkpoint import load_checkpoint, model_fingerprint, read_checkpoint, update_metadata
@@ -29,6 +30,12 @@ def test_a_small_world_gives_one_sample_per_located_photo_and_a_calibration_the_
     assert sorted(s.kind for s in samples) == ["panorama"] * 6 + ["photo"] * 6 + ["photo_no_heading"] * 6
     assert all(s.refinement is not None for s in samples)  # the index's orthophoto is there: every top-1 refined
     assert all(abs(s.truth[0] - s.top[0]) < 500 for s in samples)  # one 400 m world, one CRS
+    # refinement on a synthetic world: where the top-1 is the right place, the refined position is closer to the
+    # truth than the chip centre it started from (the centre of its fine grid)
+    hits = [s for s in samples if s.hit and s.refinement is not None]
+    centre = [float(np.hypot(*(s.refinement.points.mean(axis=0) - s.truth))) for s in hits]
+    refined = [float(np.hypot(s.top[0] - s.truth[0], s.top[1] - s.truth[1])) for s in hits]
+    assert len(hits) >= 4 and np.median(refined) < np.median(centre)
     cal = fit(samples, {"worlds": [8199]})
     curve = curves(cal, samples)["all"]
     assert sum(b["photos"] for b in curve["bins"]) == 18 and 0.0 <= curve["ece"] <= 1.0
