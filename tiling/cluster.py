@@ -12,9 +12,15 @@ Ray Data pipeline:
    writes the range's summary (valid and skipped counts, failed rasters);
 3. **encoding actors** (``map_batches`` with a callable class: the model is loaded once per actor; one
    GPU each when the cluster has GPUs, else one CPU each) write each batch's descriptors as a part file;
-4. the driver commits each range whose parts add up to its summary (one ``ray/range-*.npz`` shard,
-   written under a temporary name, then renamed), then lays the ranges out, in plan order and with the
-   the build's usual shards (each grid cell is one candidate, composited from every raster covering it).
+4. the driver commits each range as soon as its parts add up to its summary (one ``ray/range-*.npz``
+   shard, written under a temporary name, then renamed), while the pipeline still runs, so a build
+   that fails or is killed keeps every finished range; at the end it lays the ranges out, in plan
+   order, as the build's usual shards (each grid cell is one candidate, composited from every raster
+   covering it).
+
+Parts and summaries are written in a folder of their own run (``ray/attempt-ID/``): a resumed build
+drops every earlier run's uncommitted files and never reads them, so the workers of a killed build,
+which Ray stops only some time after their driver died, cannot mix their parts into the new run's.
 
 Every file is written in the index's ``.partial`` folder, which must be on storage all nodes see (a
 shared file system), as must the rasters and the checkpoint. Ray itself is an optional extra:
@@ -27,6 +33,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,56 +165,82 @@ def encode_on_ray(planner: ChipPlanner, encoder, prog, shard_dir: Path, opts, re
     total, size = planner.count(), opts.shard_chips
     ranges = [(s, min(s + size, total)) for s in range(0, total, size)]
     todo = [r for r in ranges if not (ray_dir / f"{_range_name(r[0])}.npz").exists()]
-    for start, _ in todo:  # leftovers of an interrupted range are redone
-        shutil.rmtree(ray_dir / _range_name(start), ignore_errors=True)
-        (ray_dir / f"{_range_name(start)}.json").unlink(missing_ok=True)
+    _drop_uncommitted(ray_dir)
     if len(todo) < len(ranges):
         reporter.log(f"resuming: {len(ranges) - len(todo)} of {len(ranges)} chip ranges already encoded")
     if todo:
+        attempt = ray_dir / f"attempt-{uuid.uuid4().hex[:16]}"
+        attempt.mkdir()
         with connected(opts.ray, reporter) as resources:
-            _run_pipeline(planner, todo, ray_dir, opts, reporter, resources, polar_size)
-        for start, _ in todo:
-            _commit_range(ray_dir, start, encoder.descriptor_dim)
+            _run_pipeline(planner, todo, ray_dir, attempt, opts, reporter, resources, polar_size,
+                          encoder.descriptor_dim)
+        for start, _ in todo:  # ranges whose summary came after their last batch, and ranges without chips
+            if not (ray_dir / f"{_range_name(start)}.npz").exists():
+                _commit_range(ray_dir, attempt, start, encoder.descriptor_dim)
+        shutil.rmtree(attempt, ignore_errors=True)
     _lay_out_shards(planner, ranges, ray_dir, shard_dir, reporter, failed)
 
 
-def _run_pipeline(planner: ChipPlanner, todo: list[tuple[int, int]], ray_dir: Path, opts, reporter: Reporter,
-                  resources: dict, polar_size: tuple[int, int] | None) -> None:
-    """Read tasks, then encoding actors, over the ranges still to do; returns when all are written."""
+def _drop_uncommitted(ray_dir: Path) -> None:
+    """Everything in ``ray_dir`` but the committed ranges: earlier runs' parts, summaries and temporary files."""
+    for p in ray_dir.iterdir():
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif not (p.name.startswith("range-") and p.suffix == ".npz"):
+            p.unlink(missing_ok=True)
+
+
+def _run_pipeline(planner: ChipPlanner, todo: list[tuple[int, int]], ray_dir: Path, attempt: Path, opts,
+                  reporter: Reporter, resources: dict, polar_size: tuple[int, int] | None, dim: int) -> None:
+    """Read tasks, then encoding actors, over the ranges still to do, writing in ``attempt``; each range is
+    committed as soon as it is complete. Returns when every range is encoded."""
     import ray.data
 
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
     actors = gpus if gpus else max(1, cpus // 2)
     plan = ray.data.from_items([{"start": s, "stop": e} for s, e in todo], override_num_blocks=len(todo))
     read = functools.partial(read_range, paths=[str(s.path) for s in planner.sources], params=planner.params,
-                             ray_dir=str(ray_dir), batch_size=opts.batch_size)
+                             ray_dir=str(attempt), batch_size=opts.batch_size)
     # read tasks take one CPU each; given as a function, which also keeps Ray Data from fusing them into the
     # encoding actors (reading must scale over the CPU workers, not run inside the few encoding actors)
     chips = plan.map_batches(read, batch_size=1, batch_format="numpy", ray_remote_args_fn=lambda: {"num_cpus": 1})
     ds = chips.map_batches(ChipEncoder, batch_size=opts.batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
-                           num_gpus=1 if gpus else 0,
-                        num_cpus=0 if gpus else 1, batch_format="numpy",
-                        fn_constructor_kwargs={"checkpoint": str(Path(opts.checkpoint).resolve()),
-                                               "device": opts.device, "polar_size": polar_size,
-                                               "ray_dir": str(ray_dir), "batch_size": opts.batch_size})
+                           num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1, batch_format="numpy",
+                           fn_constructor_kwargs={"checkpoint": str(Path(opts.checkpoint).resolve()),
+                                                  "device": opts.device, "polar_size": polar_size,
+                                                  "ray_dir": str(attempt), "batch_size": opts.batch_size})
     reporter.log(f"encoding {len(todo)} chip range(s) with {actors} {'GPU' if gpus else 'CPU'} actor(s)")
     candidates = sum(e - s for s, e in todo)
+    encoded: dict[int, int] = {}  # chips encoded so far per range not yet committed
     with reporter.task("index", candidates) as task:  # (encoded chips; skipped candidates count at the end)
         done = 0
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for start, n in zip(batch["range"].tolist(), batch["chips"].tolist(), strict=True):
+                encoded[start] = encoded.get(start, 0) + n
             task.update(int(np.sum(batch["chips"])))
             done += int(np.sum(batch["chips"]))
+            _commit_finished(ray_dir, attempt, encoded, dim)
         task.update(candidates - done)
 
 
-def _commit_range(ray_dir: Path, start: int, dim: int) -> None:
-    """Merge a range's parts into ``range-S.npz`` once they hold every chip its summary counts."""
-    summary_path = ray_dir / f"{_range_name(start)}.json"
+def _commit_finished(ray_dir: Path, attempt: Path, encoded: dict[int, int], dim: int) -> None:
+    """Commit every range whose read task has written its summary and whose chips are all encoded."""
+    for start, n in list(encoded.items()):
+        summary = attempt / f"{_range_name(start)}.json"
+        if summary.exists() and json.loads(summary.read_text())["chips"] == n:
+            _commit_range(ray_dir, attempt, start, dim)
+            del encoded[start]
+
+
+def _commit_range(ray_dir: Path, attempt: Path, start: int, dim: int) -> None:
+    """Merge a range's parts (in ``attempt``) into ``ray_dir/range-S.npz``; they must hold every chip its
+    summary counts."""
+    summary_path = attempt / f"{_range_name(start)}.json"
     if not summary_path.exists():
         raise SaigError(f"{summary_path}: missing after the Ray pipeline finished (a read task was lost); "
                         "run the build again to redo that range")
     summary = json.loads(summary_path.read_text())
-    parts = sorted((ray_dir / _range_name(start)).glob("part-*.npz"))
+    parts = sorted((attempt / _range_name(start)).glob("part-*.npz"))
     desc, seq, records = [], [], []
     for p in parts:
         with np.load(p, allow_pickle=False) as z:
@@ -215,14 +248,14 @@ def _commit_range(ray_dir: Path, start: int, dim: int) -> None:
             seq.append(z["seq"])
             records += json.loads(str(z["records"]))
     if len(records) != summary["chips"]:
-        raise SaigError(f"{ray_dir / _range_name(start)}: {len(records)} encoded chips, the read task counted "
+        raise SaigError(f"{attempt / _range_name(start)}: {len(records)} encoded chips, the read task counted "
                         f"{summary['chips']}; run the build again to redo that range")
     order = np.argsort(np.concatenate(seq) if seq else np.zeros(0, np.int64), kind="stable")
     _atomic_savez(ray_dir / f"{_range_name(start)}.npz",
                   descriptors=(np.concatenate(desc) if desc else np.zeros((0, dim), np.float32))[order],
                   seq=(np.concatenate(seq) if seq else np.zeros(0, np.int64))[order],
                   records=np.array(json.dumps([records[i] for i in order])), summary=np.array(json.dumps(summary)))
-    shutil.rmtree(ray_dir / _range_name(start), ignore_errors=True)
+    shutil.rmtree(attempt / _range_name(start), ignore_errors=True)
     summary_path.unlink()
 
 

@@ -50,6 +50,7 @@ from saig_core.runtime.progress import Reporter
 from saig_core.version import __version__
 from tiling import reference, search
 from tiling.chips import ChipParams, ChipPlanner, NoChipError, RasterError, iter_chips
+from tiling.cluster import RAY_DIR
 from tiling.manifest import chip_records
 from tiling.plan import planned_run, report_raster_error
 
@@ -322,7 +323,8 @@ def _build_locked(paths: list[str], chip_size_m: float | None, stride_m: float |
                 encode = encode_on_ray
             encode(planner, encoder, prog, shard_dir, opts, reporter, failed, aerial if polar else None)
             _finalise(work, planner, params, model, fingerprint, opts, reporter, polar, key, encoder_record)
-        shutil.rmtree(shard_dir, ignore_errors=True)  # complete (now or by a killed run): drop the journal
+        for journal in (shard_dir, work / RAY_DIR):  # complete (now or by a killed run): drop the journals
+            shutil.rmtree(journal, ignore_errors=True)
         state_file.unlink(missing_ok=True)
         meta = json.loads((work / METADATA_FILE).read_text())
         for f in meta["failed_sources"]:
