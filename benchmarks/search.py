@@ -111,7 +111,7 @@ def measure_kind(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.nda
     default = search.default_nprobe(index)
     ram = index_bytes(index) / count
     for nprobe in sorted({max(1, ivf.nlist // 32), max(1, ivf.nlist // 16), default, min(ivf.nlist, 2 * default)}):
-        ivf.nprobe = nprobe
+        search.set_search_defaults(index, nprobe)
         for rerank in (False, True):
             st = store if rerank else None
             _, found = search.search(index, queries, K, store=st)

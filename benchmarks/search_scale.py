@@ -137,7 +137,7 @@ def query_child(folder: Path) -> dict:
     ivf = faiss.extract_index_ivf(ref.faiss)
     default = ivf.nprobe
     for nprobe in sorted({max(1, ivf.nlist // 32), max(1, ivf.nlist // 16), default, min(ivf.nlist, default * 2)}):
-        ivf.nprobe = nprobe
+        search.set_search_defaults(ref.faiss, nprobe)  # (also the HNSW quantizer's efSearch)
         times, found = [], []
         for q in queries:
             t = time.perf_counter()
@@ -150,7 +150,7 @@ def query_child(folder: Path) -> dict:
                               "recall_10_at_10": round(recall_at_10(np.array(found), truth), 4),
                               "recall_1_at_10": round(nn_recall_at_10(np.array(found), truth), 4)})
         print(out["search"][-1], file=sys.stderr, flush=True)
-    ivf.nprobe = default
+    search.set_search_defaults(ref.faiss, default)
     out["query"] = time_queries(ref, queries)
     out["memory_end_mb"] = memory_now()
     return out

@@ -149,3 +149,24 @@ def test_compressed_indexes_find_neighbours_and_score_like_their_search(kind):
     sub_scores, ids = search.search(index, q[:3], 5, subset)
     assert set(ids.ravel()) <= set(subset)
     np.testing.assert_allclose(sub_scores, -np.sort(-full[:3, subset], axis=1)[:, :5], atol=1e-6)
+
+
+def test_probing_more_lists_through_an_hnsw_quantizer_really_probes_them():
+    """An HNSW coarse quantizer (big indexes) returns no more lists than its efSearch: nprobe raises it."""
+    faiss.omp_set_num_threads(1)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((40_000, 32)).astype(np.float32)
+    index = faiss.index_factory(32, "IVF512_HNSW32,SQ8", faiss.METRIC_INNER_PRODUCT)
+    index.train(x[:20_000])
+    index.add(x)
+    q = rng.standard_normal((40, 32)).astype(np.float32)
+    exact = np.argsort(-(q @ x.T), axis=1)[:, :10]
+
+    def recall(nprobe: int) -> float:
+        search.set_search_defaults(index, nprobe)
+        _, got = search.search(index, q, 10)
+        return float(np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, exact, strict=True)]))
+
+    few, all_lists = recall(16), recall(512)
+    assert faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch >= 512
+    assert all_lists > 0.9 and all_lists > few + 0.2  # every list probed: only SQ8's rounding is left

@@ -314,12 +314,18 @@ def _ivf_nprobe(index, ivf) -> int:
 
 
 def set_search_defaults(index, nprobe: int | None = None) -> None:
-    """Search-time knobs of compressed kinds (``nprobe``; default :func:`default_nprobe`)."""
+    """Search-time knobs of compressed kinds: ``nprobe`` (default :func:`default_nprobe`) and, for an HNSW
+    coarse quantizer, its ``efSearch`` raised to at least ``nprobe``: the quantizer's graph search returns no
+    more lists than its ``efSearch`` (16 unless set), so without it a larger ``nprobe`` probes no more lists
+    (measured: recall stuck at 0.66 from nprobe 512 to 4096 on 10M chips)."""
     import faiss
 
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.nprobe = min(nprobe or _ivf_nprobe(index, ivf), ivf.nlist)
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if hasattr(quantizer, "hnsw"):
+            quantizer.hnsw.efSearch = max(int(quantizer.hnsw.efSearch), int(ivf.nprobe))
 
 
 class VectorStore:
