@@ -46,7 +46,8 @@ def test_index_folder_describes_itself_and_verifies(world):
     assert meta["verified"] is True and meta["count"] == 117 and meta["crs"] == "EPSG:32633"
     assert meta["model"]["checkpoint"] == str(ckpt.resolve()) and meta["model"]["config"]["preset"] == "saig_micro"
     assert meta["chips"]["chip_size_m"] == 20 and meta["chips"]["out_size"] == [64, 64]
-    assert meta["sources"] == [{"path": str(tif), "chips": 117}] and meta["faiss"]["kind"] == "flat"
+    assert meta["sources"] == [{"path": str(tif), "abs_path": str(tif.resolve()), "chips": 117}]
+    assert meta["faiss"]["kind"] == "flat" and meta["stretch"] is None  # 8-bit: no contrast stretch
     assert set(meta["files"]) == {"index.faiss", "chips.gpkg"} and meta["software_version"]
     index = faiss.read_index(str(out / "index.faiss"))
     chips = read_manifest(out / "chips.gpkg")
