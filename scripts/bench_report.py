@@ -23,8 +23,8 @@ RESULTS = REPO / "benchmarks" / "results"
 DOCS = REPO / "docs"
 REQUIRED = ("benchmark", "title", "command", "machine", "date", "load_average", "figures", "goals")
 # sections in this order; any other benchmark follows, alphabetically
-ORDER = ("encoder", "train_step", "tiling", "index", "index_ray", "search", "search_scale", "descriptors",
-         "accuracy", "calibration", "demo", "plugin")
+ORDER = ("encoder", "train_step", "tiling", "index", "index_saig_s", "index_ray", "search", "search_scale",
+         "descriptors", "accuracy", "calibration", "demo", "plugin")
 
 
 class ResultError(ValueError):
