@@ -73,8 +73,7 @@ class Assessor:
         if opts.refine > 0:
             views = open_views(index.meta, index.dir, lambda m: reporter.log(m, "warning"))
         polar = encoder.cfg.aerial_size if index.meta["chips"].get("polar_aerial") else None
-        step = opts.refine_step_m
-        refine_opts = RefineOptions(places=opts.refine, step=step)
+        refine_opts = RefineOptions(places=opts.refine, step=opts.refine_step_m)
         return cls(index, lambda batch: encode_chips(encoder, batch, polar), views, calibration, refine_opts)
 
     def assess(self, oq, hits: QueryResult, kind: str) -> Assessment:
@@ -89,13 +88,14 @@ class Assessor:
         post = build_posterior(xy, scores, self.stride, refinements, unit_m)
         by_candidate = {r.candidate: r for r in refinements}
         cal, t = self.calibration, self.calibration.temperature
+        p = post.probabilities(t)  # once for every candidate
         out, positions = [], []
         for i in range(len(c)):
             r = by_candidate.get(i)
             x, y = (r.x, r.y) if r else (float(c.x[i]), float(c.y[i]))
             positions.append((x, y))
             row: dict = dict.fromkeys(ASSESSMENT_FIELDS)
-            row["confidence"] = round(cal.probability(post.mass_within(x, y, t, cal.hit_radius_m), kind), 4)
+            row["confidence"] = round(cal.probability(post.mass_within(x, y, t, cal.hit_radius_m, p), kind), 4)
             if r is not None:
                 lon, lat = self.to_lonlat.transform(r.x, r.y)
                 row.update(refined_lon=float(lon), refined_lat=float(lat), refined_x=r.x, refined_y=r.y,

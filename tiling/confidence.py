@@ -83,9 +83,11 @@ class Posterior:
         w = np.exp(z - z.max())
         return w / w.sum()
 
-    def mass_within(self, x: float, y: float, temperature: float, radius_m: float = HIT_M) -> float:
-        """Posterior mass within ``radius_m`` of (x, y)."""
-        p = self.probabilities(temperature)
+    def mass_within(self, x: float, y: float, temperature: float, radius_m: float = HIT_M,
+                    p: np.ndarray | None = None) -> float:
+        """Posterior mass within ``radius_m`` of (x, y) (``p``: the probabilities at ``temperature``, when the
+        caller asks for many positions)."""
+        p = self.probabilities(temperature) if p is None else p
         near = np.hypot(self.xy[:, 0] - x, self.xy[:, 1] - y) * self.unit_m <= radius_m
         return float(p[near].sum())
 

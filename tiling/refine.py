@@ -106,6 +106,11 @@ class AerialViews:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def grid_step(self, step: float) -> float:
+        """The fine grid step actually used: ``step`` rounded to whole view pixels (at least one)."""
+        gsd = self.chip / self.px
+        return max(1, round(step / gsd)) * gsd
+
     def around(self, x: float, y: float, step: float, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Views centred on the fine grid around (x, y) (grid CRS): points (N, 2), views (N, px, px, 3) uint8 and
         their valid fraction (N,). One window is read; the grid step is rounded to whole view pixels."""
@@ -159,9 +164,8 @@ def refine(views: AerialViews, encode: Callable[[np.ndarray], np.ndarray], q: np
         desc = np.concatenate([encode(batch[j:j + ENCODE_BATCH]) for j in range(0, len(batch), ENCODE_BATCH)])
         scores = (desc @ q.reshape(-1)).astype(np.float64) * scale
         best = int(np.argmax(scores))
-        real_step = float(points[1, 0] - points[0, 0]) if len(points) > 1 and points[1, 1] == points[0, 1] else step
         out.append(Refinement(i, float(points[best, 0]), float(points[best, 1]), float(scores[best]), points, scores,
-                              abs(real_step) or step))
+                              views.grid_step(step)))
     return out
 
 
