@@ -107,3 +107,23 @@ def test_locate_reports_refined_positions_uncertainty_and_confidence(indexed):
     layer = gpd.read_file(tmp / "r.gpkg", layer="candidates")
     assert {"confidence", "refined_lon", "refined_lat", "uncertainty_m"} <= set(layer.columns)
     assert gpd.read_file(tmp / "r.gpkg", layer="photos")["top1_confidence"].notna().all()
+
+
+def test_a_16_bit_raster_in_another_crs_is_cut_on_the_fly_as_the_index_cut_it(tmp_path):
+    """The stretch recorded by the build and the warp to the grid CRS: views match the index's chips."""
+    from rasterio.transform import from_origin
+
+    data = (texture(200, 200, seed=11).astype(np.uint16) * 40 + 500)
+    tif = write_raster(tmp_path / "u16_3857.tif", data, crs="EPSG:3857",
+                       transform=from_origin(1_670_000.0, 5_650_000.0, 0.7, 0.7))
+    out = tmp_path / "idx"
+    run("index", "build", tif, "--checkpoint", micro_checkpoint(tmp_path / "m.pt"), "--chip-size-m", 20,
+        "--stride-m", 10, "--out", out)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["crs"] != "EPSG:3857" and meta["stretch"] is not None  # a UTM grid, a recorded 16-bit stretch
+    planner = ChipPlanner(open_sources([tif]), ChipParams(20.0, 10.0, out_size=tuple(meta["chips"]["out_size"])))
+    chip, pixels = [c for c in iter_chips(planner) if c[0].valid_fraction == 1.0][5]
+    with AerialViews(meta, [tif]) as views:
+        _, cut, fraction = views.around(chip.x, chip.y, step=5.0, radius=0.0)
+    assert fraction[0] == 1.0
+    assert np.abs(cut[0].astype(np.int16) - pixels.astype(np.int16)).mean() < 4.0

@@ -119,7 +119,7 @@ class AerialViews:
         from tiling.chips import read_area
 
         gsd = self.chip / self.px
-        step_px = max(1, round(step / gsd))
+        step_px = round(self.grid_step(step) / gsd)
         n = int(round(radius / (step_px * gsd)))
         side = self.px + 2 * n * step_px
         half = side * gsd / 2
