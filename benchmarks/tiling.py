@@ -38,6 +38,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tiling.chips import GDAL_CACHE_BYTES  # noqa: E402 - after the path is set
+
 ORIGIN = (400_000.0, 5_100_000.0)
 PARALLEL_NOTE = ("Worker processes hand pixels back through shared memory (only chip metadata is pickled) and "
                  "start by fork (saig tile) or a fork server; on this machine's 2 cores, shared with other work, "
@@ -55,7 +57,7 @@ def generate(path: Path, size: int, res: float, origin=ORIGIN, seed: int = 0) ->
                    blockysize=512, compress="JPEG", photometric="YCBCR", jpeg_quality=85, BIGTIFF="IF_SAFER")
     rng = np.random.default_rng(seed)
     base = rng.integers(30, 230, size=(3, 64, 64)).astype(np.uint8)
-    with rasterio.Env(GDAL_CACHEMAX=256), rasterio.open(path, "w", **profile) as dst:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(path, "w", **profile) as dst:
         for r0 in range(0, size, 512):
             h = min(512, size - r0)
             yy = (np.arange(r0, r0 + h) // 8) % 64
@@ -74,7 +76,7 @@ def cut_tiles(path: Path, folder: Path, n: int = 4) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     tiles = []
-    with rasterio.Env(GDAL_CACHEMAX=256), rasterio.open(path) as src:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(path) as src:
         step = src.width // n
         profile = {**src.profile, "width": step, "height": step}
         for i in range(n):
@@ -111,7 +113,7 @@ def child_limit(paths: list[str], chip: float, stride: float, px: int) -> dict:
     n = planner.count()
     t = time.perf_counter()
     sample = None
-    with rasterio.Env(GDAL_CACHEMAX=64):
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
         for p in paths:
             with rasterio.open(p) as ds:
                 for _, win in ds.block_windows(1):
@@ -140,7 +142,7 @@ def child_naive(paths: list[str], chip: float, stride: float, px: int, vrt: str 
     planner = _planner(paths, chip, stride, px)
     fps = _footprints(planner)
     t = time.perf_counter()
-    with rasterio.Env(GDAL_CACHEMAX=256), rasterio.open(vrt or paths[0]) as ds:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(vrt or paths[0]) as ds:
         for fp in fps:
             ds.read(window=from_bounds(*fp, transform=ds.transform), out_shape=(3, px, px), boundless=False,
                     resampling=Resampling.bilinear)

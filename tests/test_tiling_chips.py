@@ -58,6 +58,21 @@ def test_chip_pixels_are_the_source_pixels_when_resolutions_match(tmp_path):
             np.testing.assert_array_equal(np.moveaxis(rgb, -1, 0), expected)
 
 
+def test_readers_give_gdal_a_block_cache_of_megabytes_not_bytes(tmp_path):
+    """rasterio hands GDAL_CACHEMAX to GDALSetCacheMax64 (bytes): a cache of "256" bytes made GDAL decode a
+    JPEG block again for every read touching it (the layout read ran ~5x slower)."""
+    from rasterio._env import get_gdal_config
+
+    from tiling.chips import GDAL_CACHE_MB
+
+    sources = open_sources([str(ortho(tmp_path / "o.tif"))])
+    planner = ChipPlanner(sources, ChipParams(20.0, 10.0, out_size=(32, 32)))
+    with ChipReader(planner):
+        assert get_gdal_config("GDAL_CACHEMAX") == GDAL_CACHE_MB * 2 ** 20
+    for s in sources:
+        s.close()
+
+
 def test_edge_chips_are_padded_in_place_never_shifted(tmp_path):
     # extent 500003..500097 x 5000003..5000097: edge cells stick out by 3 to 17 m
     path = ortho(tmp_path / "o.tif", h=188, w=188, transform=from_origin(500_003.0, 5_000_097.0, 0.5, 0.5))

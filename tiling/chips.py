@@ -61,7 +61,8 @@ from saig_core.errors import SaigError
 from tiling.footprint import Layout, RowIndex, RowPlan, dilate, mask_shape
 from tiling.grid import GridSpec, choose_grid
 
-GDAL_CACHE_MB = 256
+GDAL_CACHE_MB = 256  # GDAL's block cache in this process while planning and reading
+GDAL_CACHE_BYTES = GDAL_CACHE_MB * 2 ** 20  # rasterio hands GDAL_CACHEMAX to GDALSetCacheMax64: bytes, not MB
 STATS_SIZE = 1024
 SEGMENT_PX = 4096  # widest window (source pixels) read at once for a row of chips
 TASK_CELLS = 320  # candidates per task handed to a worker process (fewer when SHARED_MB is short)
@@ -254,7 +255,7 @@ def _band_sample(src: SourceRaster, size: int) -> list[np.ndarray]:
     scale = min(1.0, size / max(ds.width, ds.height))
     shape = (max(1, round(ds.height * scale)), max(1, round(ds.width * scale)))
     try:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
             data = ds.read(src.bands, out_shape=(len(src.bands), *shape), resampling=Resampling.nearest)
             mask = ds.read_masks(src.bands[0], out_shape=shape, resampling=Resampling.nearest) > 0
     except READ_ERRORS as e:
@@ -366,7 +367,7 @@ class ChipPlanner:
             if ground < s.pixel_size_m:
                 raise RasterError(s.path, f"chip size {ground:.3g} m is smaller than one pixel "
                                           f"({s.pixel_size_m:.3g} m); use a larger --chip-size-m")
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):  # (GDAL's default cache is 5 % of the RAM)
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):  # (GDAL's default cache is 5 % of the RAM)
             self.layouts = [_layout(s, self.grid) for s in sources]
         self.stretch = run_stretch(sources)
         self._progress = progress
@@ -419,7 +420,7 @@ class ChipReader:
         self.planner = planner
         self.resampling = Resampling[planner.params.resampling]
         self._stack = ExitStack()
-        self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+        self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
         self._views: dict[int, object] = {}
         self.errors: dict[int, RasterError] = {}
         self._blocks: OrderedDict = OrderedDict()  # decoded blocks, most recent last (see _read_window)
@@ -774,7 +775,7 @@ def read_area(sources: Sequence[SourceRaster], crs: str, transform, shape: tuple
             raise RasterError(src.path, "is closed")
         add_alpha = ds.nodata is None and ColorInterp.alpha not in ds.colorinterp
         try:
-            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), WarpedVRT(
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), WarpedVRT(
                     ds, crs=crs, transform=transform, width=w, height=h, resampling=Resampling.bilinear,
                     add_alpha=add_alpha) as vrt:
                 data = vrt.read(src.bands)
