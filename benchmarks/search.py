@@ -110,7 +110,8 @@ def measure_kind(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.nda
     ivf = faiss.extract_index_ivf(index)
     default = search.default_nprobe(index)
     ram = index_bytes(index) / count
-    for nprobe in sorted({max(1, ivf.nlist // 32), max(1, ivf.nlist // 16), default, min(ivf.nlist, 2 * default)}):
+    for nprobe in sorted({max(1, ivf.nlist // 32), max(1, ivf.nlist // 16), default, max(1, ivf.nlist // 8),
+                          min(ivf.nlist, 2 * default)}):
         search.set_search_defaults(index, nprobe)
         for rerank in (False, True):
             st = store if rerank else None

@@ -136,7 +136,7 @@ def query_child(folder: Path) -> dict:
     out: dict = {"open_s": round(time.perf_counter() - t, 2), "memory_after_open_mb": memory_now(), "search": []}
     ivf = faiss.extract_index_ivf(ref.faiss)
     default = ivf.nprobe
-    for nprobe in sorted({max(1, ivf.nlist // 32), max(1, ivf.nlist // 16), default, min(ivf.nlist, default * 2)}):
+    for nprobe in sorted({max(1, ivf.nlist // 32), default, max(1, ivf.nlist // 16), min(ivf.nlist, default * 2)}):
         search.set_search_defaults(ref.faiss, nprobe)  # (also the HNSW quantizer's efSearch)
         times, found = [], []
         for q in queries:
